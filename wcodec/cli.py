@@ -1,0 +1,160 @@
+"""Command line: ``wcodec encode``, ``wcodec decode`` and ``wcodec stats``.
+
+Exit status: 0 on success, 1 for rejected input or options (missing file, existing
+output, unsupported tensor), 2 for a damaged or invalid ``.wbs`` file, 3 for an internal
+error. Errors print one line on stderr; set WCODEC_DEBUG=1 to get the traceback of an
+internal error.
+"""
+
+import json
+import logging
+import os
+import sys
+
+import click
+
+from wcodec import decoder, encoder, stats
+from wcodec.codec import quantization
+from wcodec.errors import InputError, WbsFormatError, WcodecError
+
+EXIT_INPUT = 1
+EXIT_FORMAT = 2
+EXIT_INTERNAL = 3
+
+
+def _fail(message, status):
+    click.echo(f"wcodec: error: {message}", err=True)
+    sys.exit(status)
+
+
+def _run(action):
+    """Run ``action`` and turn every expected failure into one line on stderr."""
+    try:
+        return action()
+    except WbsFormatError as error:
+        _fail(str(error), EXIT_FORMAT)
+    except WcodecError as error:
+        _fail(str(error), EXIT_INPUT)
+    except OSError as error:
+        target = f"{error.filename}: " if error.filename else ""
+        _fail(f"{target}{error.strerror or error}", EXIT_INPUT)
+    except KeyboardInterrupt:
+        _fail("interrupted; no output was written", 130)
+    except Exception as error:  # noqa: BLE001 - the last resort keeps the one-line promise
+        if os.environ.get("WCODEC_DEBUG"):
+            raise
+        _fail(f"internal error: {type(error).__name__}: {error} (rerun with WCODEC_DEBUG=1 "
+              f"for the traceback and report it)", EXIT_INTERNAL)
+
+
+class _Progress:
+    """A click progress bar over tensors, drawn only when stderr is a terminal."""
+
+    def __init__(self, label, total):
+        self.bar = None
+        if sys.stderr.isatty():
+            self.bar = click.progressbar(length=total, label=label, file=sys.stderr,
+                                         show_pos=True, item_show_func=lambda name: name)
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False
+
+    def __call__(self, name):
+        if self.bar is not None:
+            self.bar.update(1, name)
+
+
+def _tensor_count(path):
+    from wcodec.formats.safetensors_io import SafetensorsReader
+
+    with SafetensorsReader(path) as reader:
+        return len(reader.tensors)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="wcodec")
+@click.option("-v", "--verbose", is_flag=True, help="Log each coding decision worth knowing.")
+def cli(verbose):
+    """Compress neural-network weights (safetensors) into .wbs bitstreams and back."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="wcodec: %(levelname)s: %(message)s", stream=sys.stderr)
+
+
+@cli.command()
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "dst", required=True, type=click.Path(dir_okay=False),
+              help="Path of the .wbs file to write.")
+@click.option("--qp", type=int, default=quantization.DEFAULT_QP, show_default=True,
+              help="Quantization parameter: step = (4 + qp mod 4) * 2^(floor(qp/4) - 2), "
+                   "as in MPEG NNC; lower is finer.")
+@click.option("--keep", multiple=True, metavar="PATTERN",
+              help="Store tensors whose name matches PATTERN (a glob, or a regular expression "
+                   "matching the whole name) bit-exact. Repeatable.")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+def encode(src, dst, qp, keep, force):
+    """Encode the safetensors file SRC into a .wbs file."""
+
+    def action():
+        total = _tensor_count(src)
+        with _Progress("encoding", total) as progress:
+            header = encoder.encode_file(src, dst, qp=qp, keep=keep, force=force,
+                                         progress=progress)
+        size = os.path.getsize(dst)
+        weights = sum(r.num_elements for r in header.tensors)
+        bpw = 8 * size / weights if weights else 0.0
+        click.echo(f"{dst}: {len(header.tensors)} tensors, {weights} weights, {size} bytes, "
+                   f"{bpw:.3f} bits per weight")
+
+    _run(action)
+
+
+@cli.command()
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "dst", required=True, type=click.Path(dir_okay=False),
+              help="Path of the safetensors file to write.")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+def decode(src, dst, force):
+    """Decode the .wbs file SRC into a safetensors file."""
+
+    def action():
+        with decoder.open_wbs(src) as wbs:
+            total = len(wbs.header.tensors)
+        with _Progress("decoding", total) as progress:
+            header = decoder.decode_file(src, dst, force=force, progress=progress)
+        click.echo(f"{dst}: {len(header.tensors)} tensors, {os.path.getsize(dst)} bytes")
+
+    _run(action)
+
+
+@cli.command(name="stats")
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--tensor", metavar="NAME", help="Show the level histogram of this tensor only.")
+def stats_command(src, as_json, tensor):
+    """Show bits, modes and level histograms of the .wbs file SRC."""
+
+    def action():
+        try:
+            result = stats.collect_stats(src, tensor=tensor)
+        except KeyError:
+            raise InputError(f"{src}: no tensor named {tensor!r}; run 'wcodec stats "
+                                   f"{src}' to list the names") from None
+        if as_json:
+            click.echo(json.dumps(result, indent=2))
+        else:
+            click.echo(stats.format_stats(result))
+
+    _run(action)
+
+
+def main():
+    """Entry point of the ``wcodec`` console script."""
+    cli(prog_name="wcodec")
+

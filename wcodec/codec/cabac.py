@@ -1,0 +1,236 @@
+"""Binary arithmetic coding engine with adaptive context models, in the style of CABAC.
+
+Every syntax element of the bitstream is binarized elsewhere and reaches this module as
+bins: context-coded bins, whose probability comes from an adaptive context model, and
+bypass bins, coded with probability 1/2.
+
+The engine is a byte-oriented range coder with carry propagation (the scheme of LZMA's
+range coder), run in one of three modes so that the syntax is written once for all of them:
+
+- ``ENCODE`` writes bins into a byte buffer,
+- ``DECODE`` reads them back from a byte buffer,
+- ``ESTIMATE`` adds the cost of each bin, in units of 2**-16 bit, to ``coder[COST]``
+  without writing anything; the rate-distortion decisions use it.
+
+All arithmetic is on integers, so the same bins give the same bytes on every machine.
+
+Coder state is one ``int64`` array (indexes below) so that jitted code can pass it around
+and a caller can inspect it. ``RANGE`` stays in [2**24, 2**32); ``LOW`` needs 33 bits
+for the carry. The first byte LZMA's scheme emits is always zero and is not stored.
+
+Context models: ``probs`` is an ``int32`` array of shape (n_contexts, 2) with two
+estimates of P(bin = 1) in units of 2**-16, updated at the speeds in ``rates``
+(shift amounts, shape (n_contexts, 2)). The probability used for coding is their mean,
+which stays within [71, 65465] / 65536 for the default shifts 4 and 7, so no bin ever
+costs more than about 10 bits.
+
+Decoding is safe on arbitrary bytes: reads past the end of the buffer return zero bytes
+(the encoder strips trailing zero bytes, so a valid stream relies on this), and every
+loop that calls the engine is bounded by the caller, so garbage input decodes to garbage
+bins but never reads out of bounds or loops forever.
+"""
+
+import numpy as np
+from numba import njit
+
+ENCODE = 0
+DECODE = 1
+ESTIMATE = 2
+
+# Indexes into the coder state array.
+LOW = 0  # encoder: low end of the interval; decoder: the code value
+RANGE = 1
+CACHE = 2  # encoder: the byte held back until its carry is known
+PENDING = 3  # encoder: count of held-back bytes (the cache and any 0xFF bytes after it)
+POS = 4  # bytes written (encoder) or read (decoder); may exceed the buffer size
+MODE = 5
+COST = 6  # ESTIMATE: accumulated cost in units of 2**-16 bit
+BINS = 7  # number of bins coded, context-coded and bypass
+ERROR = 8  # nonzero when a decoder found the stream inconsistent
+STATE_SIZE = 9
+
+PROB_BITS = 16
+PROB_ONE = 1 << PROB_BITS
+DEFAULT_RATES = (4, 7)
+COST_BITS = 16  # the cost table's unit is 2**-COST_BITS bit
+
+_TOP = 1 << 24
+_MASK32 = 0xFFFFFFFF
+
+
+def _make_cost_table():
+    """Return the cost in 2**-16 bit of a bin whose probability is p / 65536, for every p."""
+    p = np.arange(PROB_ONE + 1, dtype=np.float64)
+    p[0] = 0.5  # never used: the models keep p >= 71
+    cost = -np.log2(p / PROB_ONE) * (1 << COST_BITS)
+    return np.round(cost).astype(np.int64)
+
+
+COST_TABLE = _make_cost_table()
+
+
+def new_coder(mode):
+    """Return a fresh coder state for ENCODE, DECODE or ESTIMATE (DECODE still needs start_decoder)."""
+    coder = np.zeros(STATE_SIZE, dtype=np.int64)
+    coder[RANGE] = _MASK32
+    coder[PENDING] = 1
+    coder[POS] = -1  # the first byte out of shift_low is always zero and is not stored
+    coder[MODE] = mode
+    return coder
+
+
+def new_contexts(n_contexts, rates=DEFAULT_RATES):
+    """Return context models at probability 1/2 and their adaptation shifts."""
+    probs = np.full((n_contexts, 2), PROB_ONE // 2, dtype=np.int32)
+    shifts = np.empty((n_contexts, 2), dtype=np.int32)
+    shifts[:, 0] = rates[0]
+    shifts[:, 1] = rates[1]
+    return probs, shifts
+
+
+@njit(cache=True, nogil=True)
+def _put_byte(coder, buf, value):
+    pos = coder[POS]
+    if 0 <= pos < buf.shape[0]:
+        buf[pos] = value
+    coder[POS] = pos + 1
+
+
+@njit(cache=True, nogil=True)
+def _shift_low(coder, buf):
+    low = coder[LOW]
+    if low < 0xFF000000 or low > _MASK32:
+        carry = low >> 32
+        held = coder[CACHE]
+        while True:
+            _put_byte(coder, buf, (held + carry) & 0xFF)
+            held = 0xFF
+            coder[PENDING] -= 1
+            if coder[PENDING] == 0:
+                break
+        coder[CACHE] = (low >> 24) & 0xFF
+    coder[PENDING] += 1
+    coder[LOW] = (low & 0x00FFFFFF) << 8
+
+
+@njit(cache=True, nogil=True)
+def _next_byte(coder, buf):
+    pos = coder[POS]
+    coder[POS] = pos + 1
+    if pos < buf.shape[0]:
+        return np.int64(buf[pos])
+    return np.int64(0)
+
+
+@njit(cache=True, nogil=True)
+def start_decoder(coder, buf):
+    """Load the first four bytes of ``buf`` into a DECODE coder."""
+    coder[POS] = 0
+    code = np.int64(0)
+    for _ in range(4):
+        code = (code << 8) | _next_byte(coder, buf)
+    coder[LOW] = code
+    coder[RANGE] = _MASK32
+
+
+@njit(cache=True, nogil=True)
+def _code_split(coder, buf, split, bit):
+    """Code one bin whose zero-subinterval has size ``split``; return the bin."""
+    mode = coder[MODE]
+    rng = coder[RANGE]
+    if mode == ENCODE:
+        if bit == 0:
+            rng = split
+        else:
+            coder[LOW] += split
+            rng -= split
+        while rng < _TOP:
+            rng <<= 8
+            _shift_low(coder, buf)
+    else:
+        code = coder[LOW]
+        if code < split:
+            bit = 0
+            rng = split
+        else:
+            bit = 1
+            code -= split
+            rng -= split
+        if code >= rng:
+            coder[ERROR] = 1
+        while rng < _TOP:
+            rng <<= 8
+            code = ((code << 8) | _next_byte(coder, buf)) & _MASK32
+        coder[LOW] = code
+    coder[RANGE] = rng
+    return bit
+
+
+@njit(cache=True, nogil=True)
+def code_bin(coder, buf, probs, shifts, ctx, bit):
+    """Code one context-coded bin with context ``ctx`` and adapt the context; return the bin.
+
+    ENCODE and ESTIMATE code ``bit``; DECODE ignores it and returns the decoded bin.
+    """
+    p1 = (probs[ctx, 0] + probs[ctx, 1]) >> 1
+    mode = coder[MODE]
+    if mode == ESTIMATE:
+        coder[COST] += COST_TABLE[p1] if bit else COST_TABLE[PROB_ONE - p1]
+    else:
+        split = (coder[RANGE] * (PROB_ONE - p1)) >> PROB_BITS
+        bit = _code_split(coder, buf, split, bit)
+    coder[BINS] += 1
+    if bit:
+        probs[ctx, 0] += (PROB_ONE - probs[ctx, 0]) >> shifts[ctx, 0]
+        probs[ctx, 1] += (PROB_ONE - probs[ctx, 1]) >> shifts[ctx, 1]
+    else:
+        probs[ctx, 0] -= probs[ctx, 0] >> shifts[ctx, 0]
+        probs[ctx, 1] -= probs[ctx, 1] >> shifts[ctx, 1]
+    return bit
+
+
+@njit(cache=True, nogil=True)
+def code_bypass(coder, buf, bit):
+    """Code one bin with probability 1/2; return the bin."""
+    coder[BINS] += 1
+    if coder[MODE] == ESTIMATE:
+        coder[COST] += 1 << COST_BITS
+        return bit
+    return _code_split(coder, buf, coder[RANGE] >> 1, bit)
+
+
+@njit(cache=True, nogil=True)
+def code_bypass_bits(coder, buf, value, n_bits):
+    """Code the ``n_bits`` low bits of ``value`` as bypass bins, most significant first; return them."""
+    result = np.int64(0)
+    for b in range(n_bits - 1, -1, -1):
+        bit = code_bypass(coder, buf, (value >> b) & 1)
+        result |= np.int64(bit) << b
+    return result
+
+
+@njit(cache=True, nogil=True)
+def finish_encoder(coder, buf):
+    """Flush an ENCODE coder; return the stream length in bytes (trailing zero bytes stripped).
+
+    The returned length can exceed ``buf.shape[0]``: the buffer was too small and the
+    caller must encode again with a buffer of at least that size.
+    """
+    low = coder[LOW]
+    rng = coder[RANGE]
+    # Pick the value in [low, low + range) with the most trailing zero bytes, so that
+    # the bytes a decoder pads with zeros after the end are the ones it would read.
+    for bits in (32, 24, 16, 8, 0):
+        mask = (np.int64(1) << bits) - 1
+        value = (low + mask) & ~mask
+        if value < low + rng:
+            coder[LOW] = value
+            break
+    for _ in range(5):
+        _shift_low(coder, buf)
+    length = coder[POS]
+    if length > buf.shape[0]:
+        return length
+    while length > 0 and buf[length - 1] == 0:
+        length -= 1
+    return length

@@ -1,0 +1,248 @@
+"""Residual coding: binarization and context modelling of quantized levels.
+
+A frame of levels is an ``int64`` array of shape (O, R): one row per output channel, and
+R = I * K positions in a row, where K is the number of weights in one block (kernel).
+Position p of a row belongs to block i = p // K. Rows are coded top to bottom, positions
+left to right. Blocks whose flag in ``block_coded`` is zero are not coded at all: the
+decoder leaves their levels at zero and they count as zero neighbours.
+
+Context selection uses the local activity of already coded levels,
+
+    s = 2*|left| + |left2| + |up| + |prev|
+
+where ``left`` and ``left2`` are the previous two positions in the row, ``up`` is the same
+position in the row above (the previous output channel), and ``prev`` is the same position
+in the previous block of the row (for K = 1, where the previous block is ``left``, the
+position above and to the right instead). The activity class is c = 0 for s = 0 and
+min(bit_length(s), 15) otherwise.
+
+Where c > 0 (regular mode) each level is coded as
+
+- ``sig``: level != 0, context by c;
+- ``sign``: context by the signs of ``left`` and ``up``;
+- the magnitude m = |level| - 1, split into a quotient q = m >> k and k low bits, with the
+  Rice parameter k = max(0, c - 4) tied to the activity: q as unary ``gt`` bins (q > t for
+  t < 6, context by c and t) and an Exp-Golomb escape for q - 6 (prefix bins context-coded,
+  suffix bypass); the two most significant low bits context-coded, the rest bypass.
+
+Where c = 0 (all neighbours zero) the coder switches to run mode, as JPEG-LS does in flat
+image regions, and codes the zero run instead of one ``sig`` bin per position (see
+:mod:`wcodec.codec.runlength`). A run either reaches the end of the row, or stops at a
+nonzero level, whose sign and magnitude follow with the context of its own activity.
+An all-zero row therefore costs one context-coded bin when the run starts at its first
+position.
+
+``docs/bitstream.md`` specifies the same syntax in prose; the context index layout is the
+``CTX_*`` constants below, and any change to it is a new bitstream version.
+"""
+
+import numpy as np
+from numba import njit
+
+from wcodec.codec import cabac
+from wcodec.codec.cabac import DECODE, ERROR, MODE, code_bin, code_bypass_bits
+from wcodec.codec.runlength import RUN_CONTEXTS, code_zero_run
+
+N_CLASSES = 16
+N_GT = 6  # unary part of the quotient
+RICE_OFFSET = 4  # k = max(0, c - RICE_OFFSET)
+N_ESCAPE_GROUPS = 4
+N_ESCAPE_PREFIX = 24
+MAX_ESCAPE_PREFIX = 52  # longer Exp-Golomb prefixes can only come from a damaged stream
+MAX_LEVEL = 1 << 50  # largest |level| the encoder accepts
+
+CTX_SIG = 0
+CTX_SIGN = CTX_SIG + N_CLASSES
+CTX_GT = CTX_SIGN + 9
+CTX_ESCAPE = CTX_GT + N_CLASSES * N_GT
+CTX_LOW = CTX_ESCAPE + N_ESCAPE_GROUPS * N_ESCAPE_PREFIX
+CTX_RUN = CTX_LOW + N_CLASSES * 3
+N_CONTEXTS = CTX_RUN + RUN_CONTEXTS
+
+_ACTIVITY_CAP = 1 << 20
+
+
+@njit(cache=True, nogil=True)
+def _bit_length(x):
+    n = 0
+    while x > 0:
+        x >>= 1
+        n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _sign(x):
+    if x > 0:
+        return 1
+    if x < 0:
+        return -1
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def _activity_class(levels, o, p, K):
+    R = levels.shape[1]
+    left = abs(levels[o, p - 1]) if p >= 1 else 0
+    left2 = abs(levels[o, p - 2]) if p >= 2 else 0
+    up = abs(levels[o - 1, p]) if o >= 1 else 0
+    if K > 1:
+        prev = abs(levels[o, p - K]) if p >= K else 0
+    else:
+        prev = abs(levels[o - 1, p + 1]) if (o >= 1 and p + 1 < R) else 0
+    s = (2 * min(left, _ACTIVITY_CAP) + min(left2, _ACTIVITY_CAP)
+         + min(up, _ACTIVITY_CAP) + min(prev, _ACTIVITY_CAP))
+    if s == 0:
+        return 0
+    return min(_bit_length(s), N_CLASSES - 1)
+
+
+@njit(cache=True, nogil=True)
+def _code_exp_golomb(coder, buf, probs, shifts, ctx_base, value):
+    """Code ``value`` >= 0 as order-0 Exp-Golomb with context-coded prefix; return it."""
+    prefix = 0
+    while True:
+        more = 1 if value >= (np.int64(2) << prefix) - 1 else 0
+        ctx = ctx_base + min(prefix, N_ESCAPE_PREFIX - 1)
+        if code_bin(coder, buf, probs, shifts, ctx, more) == 0:
+            break
+        prefix += 1
+        if prefix > MAX_ESCAPE_PREFIX:
+            coder[ERROR] = 1  # no valid stream has a prefix this long
+            return np.int64(0)
+    base = (np.int64(1) << prefix) - 1
+    return base + code_bypass_bits(coder, buf, value - base, prefix)
+
+
+@njit(cache=True, nogil=True)
+def _code_level_value(coder, buf, probs, shifts, levels, o, p, c, level):
+    """Code sign and magnitude of a nonzero level at (o, p) in activity class c; return it."""
+    left = levels[o, p - 1] if p >= 1 else 0
+    up = levels[o - 1, p] if o >= 1 else 0
+    sign_ctx = CTX_SIGN + 3 * (_sign(left) + 1) + _sign(up) + 1
+    negative = code_bin(coder, buf, probs, shifts, sign_ctx, 1 if level < 0 else 0)
+
+    m = abs(level) - 1
+    k = max(0, c - RICE_OFFSET)
+    q_value = m >> k
+    q = np.int64(0)
+    gt_base = CTX_GT + c * N_GT
+    while q < N_GT:
+        if code_bin(coder, buf, probs, shifts, gt_base + q, 1 if q_value > q else 0) == 0:
+            break
+        q += 1
+    if q == N_GT:
+        group = min(c * N_ESCAPE_GROUPS // N_CLASSES, N_ESCAPE_GROUPS - 1)
+        q += _code_exp_golomb(coder, buf, probs, shifts,
+                              CTX_ESCAPE + group * N_ESCAPE_PREFIX, q_value - N_GT)
+
+    low = np.int64(0)
+    if k > 0:
+        low_ctx = CTX_LOW + 3 * c
+        top = code_bin(coder, buf, probs, shifts, low_ctx, (m >> (k - 1)) & 1)
+        low = np.int64(top) << (k - 1)
+        if k > 1:
+            second = code_bin(coder, buf, probs, shifts, low_ctx + 1 + top, (m >> (k - 2)) & 1)
+            low |= np.int64(second) << (k - 2)
+            low |= code_bypass_bits(coder, buf, m, k - 2)
+    magnitude = (q << k) + low + 1
+    if magnitude > MAX_LEVEL:
+        coder[ERROR] = 1
+        magnitude = 1
+    return -magnitude if negative else magnitude
+
+
+@njit(cache=True, nogil=True)
+def code_levels(coder, buf, probs, shifts, levels, K, block_coded):
+    """Code a frame of levels (O, R) with blocks of K positions.
+
+    ENCODE and ESTIMATE read ``levels``; DECODE fills it (it must be zero on entry).
+    ``block_coded`` (O, R // K, uint8) marks the blocks that are coded.
+    """
+    O = levels.shape[0]
+    R = levels.shape[1]
+    positions = np.empty(R, dtype=np.int64)
+    for o in range(O):
+        n = 0
+        for p in range(R):
+            if block_coded[o, p // K]:
+                positions[n] = p
+                n += 1
+        j = 0
+        while j < n:
+            if coder[ERROR] != 0:
+                return
+            p = positions[j]
+            c = _activity_class(levels, o, p, K)
+            if c == 0:
+                # Run mode: count zeros over the coded positions left in this row.
+                run = 0
+                if coder[MODE] != DECODE:
+                    while j + run < n and levels[o, positions[j + run]] == 0:
+                        run += 1
+                run = code_zero_run(coder, buf, probs, shifts, CTX_RUN, run, n - j, j == 0)
+                j += run
+                if j >= n:
+                    break
+                p = positions[j]
+                c = _activity_class(levels, o, p, K)
+                levels[o, p] = _code_level_value(coder, buf, probs, shifts, levels, o, p, c,
+                                                 levels[o, p])
+                j += 1
+                continue
+            significant = code_bin(coder, buf, probs, shifts, CTX_SIG + c,
+                                   1 if levels[o, p] != 0 else 0)
+            if significant:
+                levels[o, p] = _code_level_value(coder, buf, probs, shifts, levels, o, p, c,
+                                                 levels[o, p])
+            j += 1
+
+
+def _all_blocks(levels, K):
+    return np.ones((levels.shape[0], levels.shape[1] // K), dtype=np.uint8)
+
+
+def encode_levels(levels, K, block_coded=None):
+    """Return the arithmetic-coded bytes of a frame of levels (O, R) with blocks of K positions."""
+    levels = np.ascontiguousarray(levels, dtype=np.int64)
+    if block_coded is None:
+        block_coded = _all_blocks(levels, K)
+    capacity = 2 * levels.size + 64
+    while True:
+        coder = cabac.new_coder(cabac.ENCODE)
+        probs, shifts = cabac.new_contexts(N_CONTEXTS)
+        buf = np.zeros(capacity, dtype=np.uint8)
+        code_levels(coder, buf, probs, shifts, levels, K, block_coded)
+        length = cabac.finish_encoder(coder, buf)
+        if length <= capacity:
+            return buf[:length].tobytes()
+        capacity = int(length) + 64
+
+
+def decode_levels(data, shape, K, block_coded=None):
+    """Decode a frame of levels of ``shape`` (O, R); return (levels, coder state).
+
+    The caller checks ``coder[ERROR]`` and the bytes consumed against ``len(data)``.
+    """
+    levels = np.zeros(shape, dtype=np.int64)
+    if block_coded is None:
+        block_coded = _all_blocks(levels, K)
+    # A writable copy, so that encoder and decoder share one compiled specialization.
+    buf = np.frombuffer(data, dtype=np.uint8).copy()
+    coder = cabac.new_coder(cabac.DECODE)
+    cabac.start_decoder(coder, buf)
+    probs, shifts = cabac.new_contexts(N_CONTEXTS)
+    code_levels(coder, buf, probs, shifts, levels, K, block_coded)
+    return levels, coder
+
+
+def estimate_bits(levels, K, block_coded=None):
+    """Return the adaptive code length of a frame in bits, as ESTIMATE mode measures it."""
+    levels = np.ascontiguousarray(levels, dtype=np.int64)
+    if block_coded is None:
+        block_coded = _all_blocks(levels, K)
+    coder = cabac.new_coder(cabac.ESTIMATE)
+    probs, shifts = cabac.new_contexts(N_CONTEXTS)
+    buf = np.zeros(1, dtype=np.uint8)
+    code_levels(coder, buf, probs, shifts, levels, K, block_coded)
+    return coder[cabac.COST] / (1 << cabac.COST_BITS)

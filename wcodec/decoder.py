@@ -1,0 +1,137 @@
+"""Decoder: ``.wbs`` in, tensors or a safetensors file out.
+
+The container reader validates the whole header before any payload is touched; each
+payload's CRC-32 is checked before its arithmetic decoding starts, and the residual
+decoder's own consistency checks run after it.
+"""
+
+import mmap
+import os
+from contextlib import contextmanager
+
+import numpy as np
+
+from wcodec.codec import cabac, frames, quantization, residual_coding
+from wcodec.errors import InputError, WbsFormatError
+from wcodec.formats import container, dtypes
+from wcodec.formats.atomic import atomic_output
+from wcodec.formats.safetensors_io import SafetensorsWriter, TensorInfo
+
+
+@contextmanager
+def open_wbs(path, limits=container.DecodeLimits()):
+    """Map a ``.wbs`` file and parse its header; yield a :class:`WbsFile`."""
+    path = os.fspath(path)
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, expected a .wbs file") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot open: {error.strerror}") from None
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            raise WbsFormatError(f"{path}: file is empty; it is not a .wbs file")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            header, payload_base = container.read_container(data, path, limits)
+            view = memoryview(data)
+            try:
+                yield WbsFile(path, header, view, payload_base)
+            finally:
+                view.release()
+
+
+class WbsFile:
+    """A parsed ``.wbs`` file whose payloads are decoded on request."""
+
+    def __init__(self, path, header, data, payload_base):
+        self.path = path
+        self.header = header
+        self._data = data
+        self._payload_base = payload_base
+
+    def payload(self, index):
+        """Return the payload bytes of record ``index`` after checking its CRC-32."""
+        record = self.header.tensors[index]
+        start = self._payload_base + record.payload_offset
+        payload = bytes(self._data[start:start + record.payload_length])
+        if container.zlib.crc32(payload) != record.payload_crc32:
+            raise WbsFormatError(f"{self.path}: tensor {record.name!r}: field payload_crc32: "
+                                 f"checksum mismatch; the payload is damaged")
+        return payload
+
+    def levels(self, index):
+        """Return the decoded levels (rows, row_length) of a quantized or integer record."""
+        record = self.header.tensors[index]
+        geometry = frames.frame_geometry(record.shape)
+        payload = self.payload(index)
+        if record.num_elements == 0:
+            return np.zeros((0, 0), dtype=np.int64)
+        levels, coder = residual_coding.decode_levels(
+            payload, (geometry.rows, geometry.row_length), geometry.block_size)
+        if coder[cabac.ERROR]:
+            raise WbsFormatError(f"{self.path}: tensor {record.name!r}: payload: the arithmetic "
+                                 f"code is inconsistent; the payload is damaged")
+        if coder[cabac.POS] < len(payload):
+            raise WbsFormatError(f"{self.path}: tensor {record.name!r}: payload: "
+                                 f"{len(payload) - coder[cabac.POS]} bytes left after the last "
+                                 f"level; expected none")
+        return levels
+
+    def decode_tensor(self, index, decoded):
+        """Return record ``index`` as a torch tensor; ``decoded`` maps earlier indexes to tensors."""
+        record = self.header.tensors[index]
+        mode = record.coding_mode
+        if mode == container.MODE_ALIAS:
+            return decoded[record.alias_of]
+        if mode == container.MODE_RAW:
+            return dtypes.tensor_from_bytes(self.payload(index), record.dtype, record.shape)
+        levels = self.levels(index)
+        if mode == container.MODE_INTEGER:
+            return dtypes.int64_to_tensor(levels.reshape(record.shape), record.dtype,
+                                          record.shape)
+        try:
+            step = quantization.qp_to_step(record.qp)
+        except ValueError:
+            raise WbsFormatError(f"{self.path}: tensor {record.name!r}: field qp: {record.qp} is "
+                                 f"outside [{quantization.QP_MIN}, {quantization.QP_MAX}]") from None
+        values = quantization.dequantize(levels, step).reshape(record.shape)
+        return dtypes.float64_to_tensor(values, record.dtype, record.shape)
+
+    def iter_tensors(self):
+        """Yield ``(index, tensor)`` in coding order, keeping only what later records reference."""
+        header = self.header
+        needed = {record.alias_of for record in header.tensors
+                  if record.coding_mode == container.MODE_ALIAS}
+        decoded = {}
+        for index in header.coding_order():
+            tensor = self.decode_tensor(index, decoded)
+            if index in needed:
+                decoded[index] = tensor
+            yield index, tensor
+
+
+def load(path):
+    """Decode a ``.wbs`` file into a dict of torch tensors in the original order and dtypes."""
+    with open_wbs(path) as wbs:
+        tensors = dict(wbs.iter_tensors())
+        return {record.name: tensors[i] for i, record in enumerate(wbs.header.tensors)}
+
+
+def decode_file(src, dst, *, force=False, progress=None):
+    """Decode the ``.wbs`` file ``src`` into the safetensors file ``dst``; return the header.
+
+    ``progress``, when given, is called with the tensor name after each tensor.
+    """
+    with open_wbs(src) as wbs:
+        header = wbs.header
+        infos = [TensorInfo(r.name, r.dtype, tuple(r.shape)) for r in header.tensors]
+        with atomic_output(dst, force=force, inputs=(src,)) as tmp_path:
+            with SafetensorsWriter(tmp_path, infos, header.metadata) as writer:
+                for index, tensor in wbs.iter_tensors():
+                    writer.write(header.tensors[index].name, dtypes.tensor_to_bytes(tensor))
+                    if progress is not None:
+                        progress(header.tensors[index].name)
+    return header

@@ -1,0 +1,1 @@
+"""Container and safetensors input and output."""
