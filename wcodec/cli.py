@@ -13,9 +13,10 @@ import sys
 
 import click
 
-from wcodec import decoder, encoder, stats
-from wcodec.codec import quantization
+from wcodec import analysis, decoder, encoder, stats
+from wcodec.codec import ordering, quantization
 from wcodec.errors import InputError, WbsFormatError, WcodecError
+from wcodec.formats import container
 
 EXIT_INPUT = 1
 EXIT_FORMAT = 2
@@ -97,15 +98,24 @@ def cli(verbose):
 @click.option("--keep", multiple=True, metavar="PATTERN",
               help="Store tensors whose name matches PATTERN (a glob, or a regular expression "
                    "matching the whole name) bit-exact. Repeatable.")
+@click.option("--mode", type=click.Choice(encoder.PREDICTION_MODES), default=encoder.DEFAULT_MODE,
+              show_default=True,
+              help="Inter-layer prediction: intra (none), collocated (same block of the "
+                   "previous frame), adjacent (best block of the previous frame), full (best "
+                   "block of the last 4 frames), or auto (the smallest of these per frame).")
+@click.option("--order", type=click.Choice(ordering.ORDER_METHODS), default=ordering.DEFAULT_ORDER,
+              show_default=True,
+              help="Frame coding order: file (as stored), natural (numeric-aware names, so "
+                   "layer.9 precedes layer.10), or greedy (each frame after its best reference).")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
-def encode(src, dst, qp, keep, force):
+def encode(src, dst, qp, keep, mode, order, force):
     """Encode the safetensors file SRC into a .wbs file."""
 
     def action():
         total = _tensor_count(src)
         with _Progress("encoding", total) as progress:
-            header = encoder.encode_file(src, dst, qp=qp, keep=keep, force=force,
-                                         progress=progress)
+            header = encoder.encode_file(src, dst, qp=qp, keep=keep, mode=mode, order=order,
+                                         force=force, progress=progress)
         size = os.path.getsize(dst)
         weights = sum(r.num_elements for r in header.tensors)
         bpw = 8 * size / weights if weights else 0.0
@@ -136,11 +146,45 @@ def decode(src, dst, force):
 @cli.command(name="stats")
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-@click.option("--tensor", metavar="NAME", help="Show the level histogram of this tensor only.")
-def stats_command(src, as_json, tensor):
-    """Show bits, modes and level histograms of the .wbs file SRC."""
+@click.option("--tensor", metavar="NAME", help="Show the level histogram of this tensor only (.wbs input only).")
+@click.option("--plot", "plot_path", metavar="FILE.png", type=click.Path(dir_okay=False),
+              help="Draw the relative residual energies and residual histograms into this image file, "
+                   "in the format that its extension names (png, svg, pdf, ...). An existing file is "
+                   "replaced. Needs matplotlib: pip install 'wcodec[plot]'. Safetensors input only.")
+@click.option("--max-candidates", type=click.IntRange(min=1), default=analysis.DEFAULT_MAX_CANDIDATES,
+              show_default=True,
+              help="Reference blocks that the best-match search examines per block and sign. A value "
+                   "of at least the reference frame's block count makes the search exact. "
+                   "Safetensors input only.")
+def stats_command(src, as_json, tensor, plot_path, max_candidates):
+    """Show statistics of SRC, a .wbs file or an uncompressed safetensors model.
+
+    For a .wbs file: bits, coding modes and level histograms per tensor.
+
+    For a safetensors file: how well each frame (a floating tensor with two or more
+    dimensions) is predicted by the previous frame with the same kernel shape, in
+    natural name order. It prints the residual energy relative to the frame's energy
+    for collocated and for best-match prediction, and the Laplace scale of the
+    collocated residual.
+    """
 
     def action():
+        # A .wbs file starts with a fixed magic number, so any other file is read as safetensors.
+        with open(src, "rb") as file:
+            magic = file.read(len(container.MAGIC))
+
+        if magic != container.MAGIC:
+            if tensor is not None:
+                raise InputError(f"{src}: --tensor applies only to .wbs files, and this is not one; drop --tensor")
+            result = analysis.analyse_model(src, max_candidates=max_candidates)
+            if plot_path is not None:
+                analysis.plot_analysis(result, plot_path)
+            click.echo(json.dumps(result, indent=2) if as_json else analysis.format_analysis(result))
+            return
+
+        if plot_path is not None:
+            raise InputError(f"{src}: --plot applies only to safetensors input, and this is a .wbs file;"
+                             " drop --plot, or pass the uncompressed model")
         try:
             result = stats.collect_stats(src, tensor=tensor)
         except KeyError:
@@ -155,6 +199,23 @@ def stats_command(src, as_json, tensor):
 
 
 def main():
-    """Entry point of the ``wcodec`` console script."""
-    cli(prog_name="wcodec")
+    """Entry point of the ``wcodec`` console script.
+
+    Runs click in non-standalone mode so that usage errors, too, print one line and exit
+    with status 1 (click's own handling prints several lines and exits with 2, the status
+    reserved for damaged files).
+    """
+    try:
+        status = cli.main(prog_name="wcodec", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as error:
+        click.echo(error.ctx.get_help() if error.ctx else error.format_message())
+        sys.exit(0)
+    except click.UsageError as error:
+        command = error.ctx.command_path if error.ctx else "wcodec"
+        _fail(f"{error.format_message()} (see '{command} --help')", EXIT_INPUT)
+    except click.ClickException as error:
+        _fail(error.format_message(), EXIT_INPUT)
+    except click.Abort:
+        _fail("interrupted; no output was written", 130)
+    sys.exit(status if isinstance(status, int) else 0)
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from wcodec.codec import cabac, frames, quantization, residual_coding
+from wcodec.codec import cabac, frame_coder, frames, quantization, residual_coding
 from wcodec.errors import InputError, WbsFormatError
 from wcodec.formats import container, dtypes
 from wcodec.formats.atomic import atomic_output
@@ -62,15 +62,7 @@ class WbsFile:
                                  f"checksum mismatch; the payload is damaged")
         return payload
 
-    def levels(self, index):
-        """Return the decoded levels (rows, row_length) of a quantized or integer record."""
-        record = self.header.tensors[index]
-        geometry = frames.frame_geometry(record.shape)
-        payload = self.payload(index)
-        if record.num_elements == 0:
-            return np.zeros((0, 0), dtype=np.int64)
-        levels, coder = residual_coding.decode_levels(
-            payload, (geometry.rows, geometry.row_length), geometry.block_size)
+    def _check_coder(self, record, coder, payload):
         if coder[cabac.ERROR]:
             raise WbsFormatError(f"{self.path}: tensor {record.name!r}: payload: the arithmetic "
                                  f"code is inconsistent; the payload is damaged")
@@ -78,37 +70,95 @@ class WbsFile:
             raise WbsFormatError(f"{self.path}: tensor {record.name!r}: payload: "
                                  f"{len(payload) - coder[cabac.POS]} bytes left after the last "
                                  f"level; expected none")
-        return levels
 
-    def decode_tensor(self, index, decoded):
-        """Return record ``index`` as a torch tensor; ``decoded`` maps earlier indexes to tensors."""
-        record = self.header.tensors[index]
-        mode = record.coding_mode
-        if mode == container.MODE_ALIAS:
-            return decoded[record.alias_of]
-        if mode == container.MODE_RAW:
-            return dtypes.tensor_from_bytes(self.payload(index), record.dtype, record.shape)
-        levels = self.levels(index)
-        if mode == container.MODE_INTEGER:
-            return dtypes.int64_to_tensor(levels.reshape(record.shape), record.dtype,
-                                          record.shape)
+    def _step(self, record):
         try:
-            step = quantization.qp_to_step(record.qp)
+            return quantization.qp_to_step(record.qp)
         except ValueError:
             raise WbsFormatError(f"{self.path}: tensor {record.name!r}: field qp: {record.qp} is "
                                  f"outside [{quantization.QP_MIN}, {quantization.QP_MAX}]") from None
-        values = quantization.dequantize(levels, step).reshape(record.shape)
-        return dtypes.float64_to_tensor(values, record.dtype, record.shape)
+
+    def levels(self, index):
+        """Return the decoded levels (rows, row_length) of a quantized or integer record.
+
+        Frames (quantized records of two or more dimensions) are decoded with
+        :meth:`decode_frame` instead, because inter frames need their references.
+        """
+        record = self.header.tensors[index]
+        geometry = frames.frame_geometry(record.shape)
+        payload = self.payload(index)
+        if record.num_elements == 0:
+            return np.zeros((0, 0), dtype=np.int64)
+        levels, coder = residual_coding.decode_levels(
+            payload, (geometry.rows, geometry.row_length), geometry.block_size)
+        self._check_coder(record, coder, payload)
+        return levels
+
+    def is_frame(self, index):
+        """Return whether record ``index`` is a quantized tensor of two or more dimensions."""
+        record = self.header.tensors[index]
+        return (record.coding_mode == container.MODE_QUANTIZED and len(record.shape) >= 2
+                and record.num_elements > 0)
+
+    def decode_frame(self, index, references):
+        """Decode frame ``index``; return (reconstruction (O, I, K), levels, syntax).
+
+        ``references`` maps record indexes to reconstructions (O, I, K) of earlier frames.
+        """
+        record = self.header.tensors[index]
+        shape = (record.shape[0], record.shape[1], record.num_elements
+                 // (record.shape[0] * record.shape[1]))
+        refs = [references[ref] for ref in record.refs]
+        payload = self.payload(index)
+        recon, levels, syntax, coder = frame_coder.decode_frame(
+            payload, shape, self._step(record), record.frame_mode, refs, record.pred_gain)
+        self._check_coder(record, coder, payload)
+        return recon, levels, syntax
 
     def iter_tensors(self):
         """Yield ``(index, tensor)`` in coding order, keeping only what later records reference."""
         header = self.header
-        needed = {record.alias_of for record in header.tensors
-                  if record.coding_mode == container.MODE_ALIAS}
+        aliased = {record.alias_of for record in header.tensors
+                   if record.coding_mode == container.MODE_ALIAS}
+        order = header.coding_order()
+        last_use = {}
+        for position, index in enumerate(order):
+            record = header.tensors[index]
+            if record.coding_mode == container.MODE_QUANTIZED:
+                for ref in record.refs:
+                    last_use[ref] = position
         decoded = {}
-        for index in header.coding_order():
-            tensor = self.decode_tensor(index, decoded)
-            if index in needed:
+        references = {}
+        for position, index in enumerate(order):
+            record = header.tensors[index]
+            mode = record.coding_mode
+            if mode == container.MODE_ALIAS:
+                tensor = decoded[record.alias_of]
+            elif mode == container.MODE_RAW:
+                tensor = dtypes.tensor_from_bytes(self.payload(index), record.dtype,
+                                                  record.shape)
+            elif self.is_frame(index):
+                recon, _, _ = self.decode_frame(index, references)
+                tensor = dtypes.float64_to_tensor(recon.reshape(record.shape), record.dtype,
+                                                  record.shape)
+                if index in last_use:
+                    references[index] = dtypes.tensor_to_float64(tensor).reshape(recon.shape)
+                for ref in record.refs:
+                    if last_use[ref] == position:
+                        del references[ref]
+            elif mode == container.MODE_INTEGER:
+                levels = self.levels(index)
+                try:
+                    tensor = dtypes.int64_to_tensor(levels.reshape(record.shape), record.dtype,
+                                                    record.shape)
+                except ValueError as error:
+                    raise WbsFormatError(f"{self.path}: tensor {record.name!r}: payload: "
+                                         f"{error}") from None
+            else:
+                values = quantization.dequantize(self.levels(index), self._step(record))
+                tensor = dtypes.float64_to_tensor(values.reshape(record.shape), record.dtype,
+                                                  record.shape)
+            if index in aliased:
                 decoded[index] = tensor
             yield index, tensor
 

@@ -3,14 +3,22 @@
 For each tensor the encoder picks a coding mode:
 
 - ``quantized`` for floating tensors: at ``qp`` when the tensor has at least two dimensions,
-  at ``qp + FINE_QP_OFFSET`` (a step 64 times finer) otherwise;
+  at ``qp + FINE_QP_OFFSET`` (a step 64 times finer) otherwise. Tensors with two or more
+  dimensions are frames and may be predicted from earlier frames (see below);
 - ``integer`` for integer and bool tensors, coded losslessly by the same residual coder;
 - ``raw`` (bytes as stored) for tensors matching a ``keep`` pattern, floating tensors holding
   NaN or Inf, and values too large for the level range;
 - ``alias`` for a tensor whose dtype, shape and bytes equal those of an earlier tensor.
 
-Tensors are read one at a time; the coded payloads stay in memory until the container is
-written, so peak memory is about the output size plus a few copies of the largest tensor.
+Tensors are coded in the frame order of :mod:`wcodec.codec.ordering`. A frame's references
+are the most recent earlier frames with the same kernel shape: one for ``collocated`` and
+``adjacent``, up to ``FULL_SEARCH_WINDOW`` for ``full``. With ``mode="auto"`` every frame
+is coded in each frame mode its references allow, and the smallest result is kept (the
+payload plus the header bytes that the mode's fields add), so auto is never larger than
+intra. References are the decoder's reconstructions, rounded to the tensor's dtype.
+
+Tensors are read one at a time; the coded payloads and the reconstructions of the last
+few frames of each kernel shape stay in memory until the container is written.
 """
 
 import fnmatch
@@ -21,7 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wcodec.codec import frames, quantization, residual_coding
+from wcodec.codec import frame_coder, frames, ordering, prediction, quantization, residual_coding
+from wcodec.codec.block_syntax import (FRAME_ADJACENT, FRAME_COLLOCATED, FRAME_FULL,
+                                       FRAME_INTRA)
 from wcodec.errors import InputError
 from wcodec.formats import container, dtypes
 from wcodec.formats.atomic import atomic_output
@@ -29,19 +39,48 @@ from wcodec.formats.safetensors_io import SafetensorsReader
 
 logger = logging.getLogger(__name__)
 
+PREDICTION_MODES = ("intra", "collocated", "adjacent", "full", "auto")
+DEFAULT_MODE = "auto"
+FULL_SEARCH_WINDOW = 4
+_FRAME_MODES = {"intra": (FRAME_INTRA,), "collocated": (FRAME_COLLOCATED,),
+                "adjacent": (FRAME_ADJACENT,), "full": (FRAME_FULL,),
+                "auto": (FRAME_INTRA, FRAME_COLLOCATED, FRAME_ADJACENT, FRAME_FULL)}
+
 
 @dataclass(frozen=True)
 class EncodeOptions:
-    """Encoder settings: quantization parameter and the names stored bit-exact."""
+    """Encoder settings.
+
+    ``qp``: quantization parameter; ``keep``: name patterns stored bit-exact; ``mode``:
+    prediction mode (one of PREDICTION_MODES); ``order``: frame order (one of
+    ``ordering.ORDER_METHODS``); ``max_candidates``: reference blocks examined per block
+    and sign by the block matching of ``adjacent`` and ``full``.
+    """
 
     qp: int = quantization.DEFAULT_QP
     keep: tuple = ()
+    mode: str = DEFAULT_MODE
+    order: str = ordering.DEFAULT_ORDER
+    max_candidates: int = prediction.DEFAULT_MAX_CANDIDATES
 
     def __post_init__(self):
-        quantization.qp_to_step(self.qp + quantization.FINE_QP_OFFSET)
+        try:
+            quantization.qp_to_step(self.qp)
+            quantization.qp_to_step(self.qp + quantization.FINE_QP_OFFSET)
+        except ValueError:
+            raise InputError(f"qp {self.qp} is outside [{quantization.QP_MIN - quantization.FINE_QP_OFFSET}, "
+                             f"{quantization.QP_MAX}]") from None
         for pattern in self.keep:
             if not isinstance(pattern, str) or not pattern:
                 raise InputError(f"keep pattern {pattern!r} must be a non-empty string")
+        if self.mode not in PREDICTION_MODES:
+            raise InputError(f"unknown prediction mode {self.mode!r}; valid modes are "
+                             f"{', '.join(PREDICTION_MODES)}")
+        if self.order not in ordering.ORDER_METHODS:
+            raise InputError(f"unknown frame order {self.order!r}; valid orders are "
+                             f"{', '.join(ordering.ORDER_METHODS)}")
+        if self.max_candidates < 1:
+            raise InputError(f"max_candidates must be at least 1, found {self.max_candidates}")
 
 
 def matches_pattern(name, pattern):
@@ -63,16 +102,76 @@ def _raw_record(info, tensor):
     return record, dtypes.tensor_to_bytes(tensor)
 
 
-def encode_tensor(info, tensor, options):
-    """Return ``(record, payload)`` for one tensor (without payload offset and checksum)."""
+def _mode_header_bytes(record):
+    """Return the bytes a record's frame fields take in the header."""
+    writer = container._Writer()
+    writer.index_list(record.refs)
+    writer.varint(record.pred_gain)
+    return len(writer.out)
+
+
+class FrameHistory:
+    """Reconstructions of the most recent frames of each kernel shape, for reference."""
+
+    def __init__(self, window=FULL_SEARCH_WINDOW):
+        self.window = window
+        self._by_kernel = {}
+
+    def references(self, kernel_shape):
+        """Return [(record index, reconstruction (O, I, K))], most recent first."""
+        return list(reversed(self._by_kernel.get(kernel_shape, [])))
+
+    def add(self, kernel_shape, index, reconstruction):
+        frames_of_shape = self._by_kernel.setdefault(kernel_shape, [])
+        frames_of_shape.append((index, reconstruction))
+        del frames_of_shape[:-self.window]
+
+
+def _encode_frame(info, values, qp, options, history):
+    """Code a frame in the frame modes the options and its references allow; keep the smallest."""
+    shape = tuple(info.shape)
+    step = quantization.qp_to_step(qp)
+    blocks = values.reshape(shape[0], shape[1], -1)
+    kernel = ordering.kernel_shape(shape)
+    available = history.references(kernel)
+    best = None
+    candidates = _FRAME_MODES[options.mode] if available else (FRAME_INTRA,)
+    for frame_mode in candidates:
+        if frame_mode == FRAME_INTRA:
+            refs = []
+        elif frame_mode == FRAME_FULL:
+            refs = available[:FULL_SEARCH_WINDOW]
+        else:
+            refs = available[:1]
+        result = frame_coder.encode_frame(blocks, step, frame_mode, [r for _, r in refs],
+                                          options.max_candidates)
+        record = container.TensorRecord(info.name, info.dtype, shape, container.MODE_QUANTIZED,
+                                        qp=qp, frame_mode=frame_mode,
+                                        refs=tuple(index for index, _ in refs),
+                                        pred_gain=result.gain_num)
+        size = len(result.payload) + _mode_header_bytes(record)
+        logger.debug("tensor %r: %s frame, %d bytes", info.name,
+                     frame_coder.FRAME_MODE_NAMES[frame_mode], size)
+        if best is None or size < best[0]:
+            best = (size, record, result)
+    _, record, result = best
+    return record, result.payload, result.reconstruction
+
+
+def encode_tensor(info, tensor, options, history=None):
+    """Return ``(record, payload, reconstruction)`` for one tensor.
+
+    ``reconstruction`` is the decoded frame (O, I, K) as float64 values of the tensor's
+    dtype, for frames; None otherwise. Payload offset and checksum are left unset.
+    """
     kind = dtypes.dtype_by_name(info.dtype).kind
     shape = tuple(info.shape)
     if any(matches_pattern(info.name, pattern) for pattern in options.keep):
-        return _raw_record(info, tensor)
+        return (*_raw_record(info, tensor), None)
     if tensor.numel() == 0:
         mode = container.MODE_QUANTIZED if kind == "float" else container.MODE_INTEGER
         qp = options.qp if kind == "float" else 0
-        return container.TensorRecord(info.name, info.dtype, shape, mode, qp=qp), b""
+        return container.TensorRecord(info.name, info.dtype, shape, mode, qp=qp), b"", None
 
     geometry = frames.frame_geometry(shape)
     if kind == "float":
@@ -80,40 +179,58 @@ def encode_tensor(info, tensor, options):
         if not np.isfinite(values).all():
             logger.warning("tensor %r holds NaN or Inf; storing it bit-exact instead of "
                            "quantizing it", info.name)
-            return _raw_record(info, tensor)
+            return (*_raw_record(info, tensor), None)
         qp = options.qp if len(shape) >= 2 else options.qp + quantization.FINE_QP_OFFSET
         step = quantization.qp_to_step(qp)
         if np.abs(values).max() / step >= residual_coding.MAX_LEVEL:
             logger.info("tensor %r has values too large for qp %d; storing it bit-exact",
                         info.name, qp)
-            return _raw_record(info, tensor)
+            return (*_raw_record(info, tensor), None)
+        if len(shape) >= 2:
+            record, payload, recon = _encode_frame(info, values, qp, options,
+                                                   history or FrameHistory())
+            rounded = dtypes.float64_to_tensor(recon.reshape(shape), info.dtype, shape)
+            recon = dtypes.tensor_to_float64(rounded).reshape(recon.shape)
+            return record, payload, recon
         levels = quantization.quantize(values.reshape(geometry.rows, geometry.row_length), step)
         payload = residual_coding.encode_levels(levels, geometry.block_size)
         record = container.TensorRecord(info.name, info.dtype, shape,
                                         container.MODE_QUANTIZED, qp=qp)
-        return record, payload
+        return record, payload, None
 
     values = dtypes.tensor_to_int64(tensor)
     if values is None or np.abs(values).max() > residual_coding.MAX_LEVEL:
-        return _raw_record(info, tensor)
+        return (*_raw_record(info, tensor), None)
     levels = values.reshape(geometry.rows, geometry.row_length)
     payload = residual_coding.encode_levels(levels, geometry.block_size)
-    return container.TensorRecord(info.name, info.dtype, shape, container.MODE_INTEGER), payload
+    record = container.TensorRecord(info.name, info.dtype, shape, container.MODE_INTEGER)
+    return record, payload, None
 
 
-def encode_file(src, dst, *, qp=quantization.DEFAULT_QP, keep=(), force=False, progress=None):
+def encode_file(src, dst, *, qp=quantization.DEFAULT_QP, keep=(), mode=DEFAULT_MODE,
+                order=ordering.DEFAULT_ORDER, max_candidates=prediction.DEFAULT_MAX_CANDIDATES,
+                force=False, progress=None):
     """Encode the safetensors file ``src`` into the ``.wbs`` file ``dst``; return the header.
 
     ``progress``, when given, is called with the tensor name after each tensor.
-    Raises InputError for unreadable input or an output that may not be written.
+    Raises InputError for unreadable input, invalid options, or an output that may not
+    be written.
     """
-    options = EncodeOptions(qp=int(qp), keep=tuple(keep))
+    options = EncodeOptions(qp=int(qp), keep=tuple(keep), mode=mode, order=order,
+                            max_candidates=int(max_candidates))
     with SafetensorsReader(src) as reader:
+        infos = reader.tensors
         header = container.WbsHeader(reader.metadata)
+        header.tensors = [None] * len(infos)
         payloads = []
         seen = {}
+        history = FrameHistory()
         with atomic_output(dst, force=force, inputs=(src,)) as tmp_path:
-            for index, info in enumerate(reader.tensors):
+            coding_order = ordering.order_tensors(
+                infos, options.order,
+                load=lambda i: dtypes.tensor_to_float64(reader.read(infos[i].name)))
+            for index in coding_order:
+                info = infos[index]
                 tensor = reader.read(info.name)
                 raw = dtypes.tensor_to_bytes(tensor)
                 key = (info.dtype, tuple(info.shape), hashlib.sha256(raw).digest())
@@ -123,8 +240,10 @@ def encode_file(src, dst, *, qp=quantization.DEFAULT_QP, keep=(), force=False, p
                     payload = b""
                 else:
                     seen[key] = index
-                    record, payload = encode_tensor(info, tensor, options)
-                header.tensors.append(record)
+                    record, payload, recon = encode_tensor(info, tensor, options, history)
+                    if recon is not None:
+                        history.add(ordering.kernel_shape(info.shape), index, recon)
+                header.tensors[index] = record
                 payloads.append((index, payload))
                 if progress is not None:
                     progress(info.name)

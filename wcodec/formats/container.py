@@ -14,6 +14,8 @@ import zlib
 from dataclasses import dataclass, field
 from math import prod
 
+from wcodec.codec.block_syntax import (FRAME_ADJACENT, FRAME_COLLOCATED, FRAME_FULL,
+                                       FRAME_INTRA, MAX_REFS)
 from wcodec.errors import WbsFormatError
 from wcodec.formats import dtypes
 
@@ -29,8 +31,9 @@ MODE_ALIAS = 3
 MODE_NAMES = {MODE_RAW: "raw", MODE_QUANTIZED: "quantized", MODE_INTEGER: "integer",
               MODE_ALIAS: "alias"}
 
-FRAME_INTRA = 0
-FRAME_MODE_NAMES = {FRAME_INTRA: "intra"}
+FRAME_MODE_NAMES = {FRAME_INTRA: "intra", FRAME_COLLOCATED: "collocated",
+                    FRAME_ADJACENT: "adjacent", FRAME_FULL: "full"}
+PRED_GAIN_MAX = 128
 
 MAX_NDIM = 32
 MAX_NAME_BYTES = 1 << 16
@@ -57,6 +60,7 @@ class TensorRecord:
     qp: int = 0
     frame_mode: int = FRAME_INTRA
     refs: tuple = ()
+    pred_gain: int = 0
     alias_of: int = 0
     payload_offset: int = 0
     payload_length: int = 0
@@ -89,7 +93,8 @@ _RECORD_FIELDS = (("name", "string"), ("dtype", "dtype"), ("shape", "shape"),
                   ("coding_mode", "u8"))
 _MODE_FIELDS = {
     MODE_RAW: (),
-    MODE_QUANTIZED: (("qp", "svarint"), ("frame_mode", "u8"), ("refs", "index_list")),
+    MODE_QUANTIZED: (("qp", "svarint"), ("frame_mode", "u8"), ("refs", "index_list"),
+                     ("pred_gain", "varint")),
     MODE_INTEGER: (),
     MODE_ALIAS: (("alias_of", "varint"),),
 }
@@ -379,12 +384,7 @@ def _validate_records(header, payload_area, path, limits):
             if info.kind != "float":
                 raise WbsFormatError(f"{where}: field coding_mode: quantized, but dtype "
                                      f"{record.dtype} is not floating point")
-            if record.frame_mode not in FRAME_MODE_NAMES:
-                raise WbsFormatError(f"{where}: field frame_mode has unknown value "
-                                     f"{record.frame_mode}")
-            if record.frame_mode == FRAME_INTRA and record.refs:
-                raise WbsFormatError(f"{where}: field refs: an intra frame has no references, "
-                                     f"found {len(record.refs)}")
+            _validate_frame(header, index, record, position_in_order, where)
         if mode == MODE_INTEGER and info.kind == "float":
             raise WbsFormatError(f"{where}: field coding_mode: integer, but dtype "
                                  f"{record.dtype} is floating point")
@@ -410,3 +410,37 @@ def _validate_records(header, payload_area, path, limits):
         raise WbsFormatError(
             f"{path}: payload area: {payload_area - expected_offset} bytes after the last "
             f"payload; expected none")
+
+
+def _validate_frame(header, index, record, position_in_order, where):
+    """Check the frame fields of a quantized record against the records coded before it."""
+    frame_mode = record.frame_mode
+    if frame_mode not in FRAME_MODE_NAMES:
+        raise WbsFormatError(f"{where}: field frame_mode has unknown value {frame_mode}")
+    if frame_mode == FRAME_INTRA:
+        if record.refs:
+            raise WbsFormatError(f"{where}: field refs: an intra frame has no references, "
+                                 f"found {len(record.refs)}")
+        if record.pred_gain != 0:
+            raise WbsFormatError(f"{where}: field pred_gain: expected 0 for an intra frame, "
+                                 f"found {record.pred_gain}")
+        return
+    allowed = MAX_REFS if frame_mode == FRAME_FULL else 1
+    if not 1 <= len(record.refs) <= allowed:
+        raise WbsFormatError(f"{where}: field refs: a {FRAME_MODE_NAMES[frame_mode]} frame has "
+                             f"1 to {allowed} references, found {len(record.refs)}")
+    if not 1 <= record.pred_gain <= PRED_GAIN_MAX:
+        raise WbsFormatError(f"{where}: field pred_gain: expected 1 to {PRED_GAIN_MAX}, found "
+                             f"{record.pred_gain}")
+    if len(record.shape) < 2 or prod(record.shape) == 0:
+        raise WbsFormatError(f"{where}: field frame_mode: an inter frame needs a shape of two "
+                             f"or more nonzero dimensions, found {list(record.shape)}")
+    for ref in record.refs:
+        if ref >= len(header.tensors) or ref == index or ref not in position_in_order:
+            raise WbsFormatError(f"{where}: field refs: {ref} is not a tensor coded before "
+                                 f"this one")
+        target = header.tensors[ref]
+        if target.coding_mode != MODE_QUANTIZED or len(target.shape) < 2 \
+                or prod(target.shape) == 0 or target.shape[2:] != record.shape[2:]:
+            raise WbsFormatError(f"{where}: field refs: tensor {target.name!r} is not a "
+                                 f"quantized frame with kernel shape {list(record.shape[2:])}")

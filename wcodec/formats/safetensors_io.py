@@ -355,8 +355,9 @@ class SafetensorsWriter:
     The constructor writes the header. The header lists `__metadata__` first (unless
     `metadata` is None) and then the tensors in the order of `infos`. The data follows
     in the same order without gaps. The header is padded with spaces to a multiple of
-    8 bytes, as the safetensors package does. Call `write` once per tensor in that
-    order, then `close`. Argument and order errors raise InputError.
+    8 bytes, as the safetensors package does. Call `write` once per tensor, in any
+    order (each tensor's offset is known from the header), then `close`. Argument
+    errors and repeated or unknown names raise InputError.
     """
 
     def __init__(
@@ -369,7 +370,11 @@ class SafetensorsWriter:
         self._infos = list(infos)
         self._sizes = [self._check_info(info) for info in self._infos]
         self._check_unique_names()
-        self._next_index = 0
+        self._index_by_name = {info.name: i for i, info in enumerate(self._infos)}
+        self._written = [False] * len(self._infos)
+        self._offsets = [0] * len(self._infos)
+        for i in range(1, len(self._infos)):
+            self._offsets[i] = self._offsets[i - 1] + self._sizes[i - 1]
 
         header = self._build_header(metadata)
         try:
@@ -379,6 +384,7 @@ class SafetensorsWriter:
         try:
             self._file.write(len(header).to_bytes(8, "little"))
             self._file.write(header)
+            self._data_start = 8 + len(header)
         except BaseException:
             self._file.close()
             raise
@@ -448,19 +454,19 @@ class SafetensorsWriter:
         """Append the raw little-endian bytes of the next tensor."""
         if self._file.closed:
             raise InputError(f"{self.path}: cannot write tensor {name!r} because the writer is closed")
-        if self._next_index >= len(self._infos):
+        index = self._index_by_name.get(name)
+        if index is None or self._written[index]:
             raise InputError(f"{self.path}: tensor {name!r} was not declared, or was already written")
-        expected = self._infos[self._next_index]
-        if name != expected.name:
-            raise InputError(f"{self.path}: expected tensor {expected.name!r} next, got {name!r}")
+        expected = self._infos[index]
         size = memoryview(data).nbytes
-        if size != self._sizes[self._next_index]:
+        if size != self._sizes[index]:
             raise InputError(
                 f"{self.path}: tensor {name!r}: got {size} bytes but shape {list(expected.shape)}"
-                f" of {expected.dtype} needs {self._sizes[self._next_index]}"
+                f" of {expected.dtype} needs {self._sizes[index]}"
             )
+        self._file.seek(self._data_start + self._offsets[index])
         self._file.write(data)
-        self._next_index += 1
+        self._written[index] = True
 
     def close(self) -> None:
         """Close the file and raise InputError if a tensor was not written.
@@ -470,7 +476,7 @@ class SafetensorsWriter:
         if self._file.closed:
             return
         self._file.close()
-        missing = [info.name for info in self._infos[self._next_index :]]
+        missing = [info.name for info, done in zip(self._infos, self._written) if not done]
         if missing:
             raise InputError(
                 f"{self.path}: {len(missing)} of {len(self._infos)} tensors were never written,"
