@@ -34,13 +34,11 @@ def open_wbs(path, limits=container.DecodeLimits()):
         size = os.fstat(handle.fileno()).st_size
         if size == 0:
             raise WbsFormatError(f"{path}: file is empty; it is not a .wbs file")
+        # Slicing an mmap copies bytes and exports no buffer, so the map always closes
+        # cleanly, also while an exception that references the slices propagates.
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             header, payload_base = container.read_container(data, path, limits)
-            view = memoryview(data)
-            try:
-                yield WbsFile(path, header, view, payload_base)
-            finally:
-                view.release()
+            yield WbsFile(path, header, data, payload_base)
 
 
 class WbsFile:
@@ -56,7 +54,7 @@ class WbsFile:
         """Return the payload bytes of record ``index`` after checking its CRC-32."""
         record = self.header.tensors[index]
         start = self._payload_base + record.payload_offset
-        payload = bytes(self._data[start:start + record.payload_length])
+        payload = self._data[start:start + record.payload_length]
         if container.zlib.crc32(payload) != record.payload_crc32:
             raise WbsFormatError(f"{self.path}: tensor {record.name!r}: field payload_crc32: "
                                  f"checksum mismatch; the payload is damaged")

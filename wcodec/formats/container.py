@@ -195,7 +195,7 @@ class _Reader:
             self.fail(f"field {field_name} length {length} exceeds {MAX_NAME_BYTES} bytes")
         raw = self.take(length, field_name)
         try:
-            return bytes(raw).decode("utf-8")
+            return raw.decode("utf-8")
         except UnicodeDecodeError:
             self.fail(f"field {field_name} is not valid UTF-8")
 
@@ -275,7 +275,7 @@ def read_preamble(data, path):
     if header_length > len(data) - PREAMBLE_SIZE:
         raise WbsFormatError(f"{path}: field header_length: {header_length} bytes declared, "
                              f"{len(data) - PREAMBLE_SIZE} present; the file is truncated")
-    header_bytes = data[PREAMBLE_SIZE:PREAMBLE_SIZE + header_length]
+    header_bytes = bytes(data[PREAMBLE_SIZE:PREAMBLE_SIZE + header_length])
     if zlib.crc32(header_bytes) != header_crc:
         raise WbsFormatError(f"{path}: field header_crc32: checksum mismatch; the header is "
                              f"damaged")
@@ -292,7 +292,7 @@ def read_container(data, path, limits=DecodeLimits()):
     if header_length > limits.max_header_bytes:
         raise WbsFormatError(f"{path}: field header_length: {header_length} bytes exceeds the "
                              f"limit of {limits.max_header_bytes}")
-    reader = _Reader(memoryview(data)[PREAMBLE_SIZE:PREAMBLE_SIZE + header_length], path)
+    reader = _Reader(bytes(data[PREAMBLE_SIZE:PREAMBLE_SIZE + header_length]), path)
     metadata = None
     present = reader.u8("metadata_present")
     if present > 1:
