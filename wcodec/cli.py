@@ -107,15 +107,25 @@ def cli(verbose):
               show_default=True,
               help="Frame coding order: file (as stored), natural (numeric-aware names, so "
                    "layer.9 precedes layer.10), or greedy (each frame after its best reference).")
+@click.option("--quantizer", type=click.Choice(encoder.QUANTIZERS), default="uniform",
+              show_default=True,
+              help="uniform: round to the nearest multiple of the step (error at most half a "
+                   "step). dependent: trellis-coded quantization with two interleaved "
+                   "quantizers, as MPEG NNC; smaller files at equal SQNR, error up to about "
+                   "one step.")
+@click.option("--rdoq", is_flag=True,
+              help="Rate-distortion optimized uniform quantization: a level may move one step "
+                   "towards zero where that saves enough bits (error up to 1.5 steps).")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
-def encode(src, dst, qp, keep, mode, order, force):
+def encode(src, dst, qp, keep, mode, order, quantizer, rdoq, force):
     """Encode the safetensors file SRC into a .wbs file."""
 
     def action():
         total = _tensor_count(src)
         with _Progress("encoding", total) as progress:
             header = encoder.encode_file(src, dst, qp=qp, keep=keep, mode=mode, order=order,
-                                         force=force, progress=progress)
+                                         quantizer=quantizer, rdoq=rdoq, force=force,
+                                         progress=progress)
         size = os.path.getsize(dst)
         weights = sum(r.num_elements for r in header.tensors)
         bpw = 8 * size / weights if weights else 0.0

@@ -109,7 +109,8 @@ class WbsFile:
         refs = [references[ref] for ref in record.refs]
         payload = self.payload(index)
         recon, levels, syntax, coder = frame_coder.decode_frame(
-            payload, shape, self._step(record), record.frame_mode, refs, record.pred_gain)
+            payload, shape, self._step(record), record.frame_mode, refs, record.pred_gain,
+            record.quantizer)
         self._check_coder(record, coder, payload)
         return recon, levels, syntax
 

@@ -40,6 +40,8 @@ from wcodec.formats.safetensors_io import SafetensorsReader
 logger = logging.getLogger(__name__)
 
 PREDICTION_MODES = ("intra", "collocated", "adjacent", "full", "auto")
+QUANTIZERS = ("uniform", "dependent")
+RDOQ_LAMBDA = 0.1  # squared steps per bit
 DEFAULT_MODE = "auto"
 FULL_SEARCH_WINDOW = 4
 _FRAME_MODES = {"intra": (FRAME_INTRA,), "collocated": (FRAME_COLLOCATED,),
@@ -62,6 +64,8 @@ class EncodeOptions:
     mode: str = DEFAULT_MODE
     order: str = ordering.DEFAULT_ORDER
     max_candidates: int = prediction.DEFAULT_MAX_CANDIDATES
+    quantizer: str = "uniform"
+    rdoq: bool = False
 
     def __post_init__(self):
         try:
@@ -79,6 +83,9 @@ class EncodeOptions:
         if self.order not in ordering.ORDER_METHODS:
             raise InputError(f"unknown frame order {self.order!r}; valid orders are "
                              f"{', '.join(ordering.ORDER_METHODS)}")
+        if self.quantizer not in QUANTIZERS:
+            raise InputError(f"unknown quantizer {self.quantizer!r}; valid quantizers are "
+                             f"{', '.join(QUANTIZERS)}")
         if self.max_candidates < 1:
             raise InputError(f"max_candidates must be at least 1, found {self.max_candidates}")
 
@@ -143,10 +150,12 @@ def _encode_frame(info, values, qp, options, history):
             refs = available[:FULL_SEARCH_WINDOW]
         else:
             refs = available[:1]
+        quantizer = QUANTIZERS.index(options.quantizer)
         result = frame_coder.encode_frame(blocks, step, frame_mode, [r for _, r in refs],
-                                          options.max_candidates)
+                                          options.max_candidates,
+                                          RDOQ_LAMBDA if options.rdoq else 0.0, quantizer)
         record = container.TensorRecord(info.name, info.dtype, shape, container.MODE_QUANTIZED,
-                                        qp=qp, frame_mode=frame_mode,
+                                        qp=qp, quantizer=quantizer, frame_mode=frame_mode,
                                         refs=tuple(index for index, _ in refs),
                                         pred_gain=result.gain_num)
         size = len(result.payload) + _mode_header_bytes(record)
@@ -209,7 +218,7 @@ def encode_tensor(info, tensor, options, history=None):
 
 def encode_file(src, dst, *, qp=quantization.DEFAULT_QP, keep=(), mode=DEFAULT_MODE,
                 order=ordering.DEFAULT_ORDER, max_candidates=prediction.DEFAULT_MAX_CANDIDATES,
-                force=False, progress=None):
+                quantizer="uniform", rdoq=False, force=False, progress=None):
     """Encode the safetensors file ``src`` into the ``.wbs`` file ``dst``; return the header.
 
     ``progress``, when given, is called with the tensor name after each tensor.
@@ -217,7 +226,8 @@ def encode_file(src, dst, *, qp=quantization.DEFAULT_QP, keep=(), mode=DEFAULT_M
     be written.
     """
     options = EncodeOptions(qp=int(qp), keep=tuple(keep), mode=mode, order=order,
-                            max_candidates=int(max_candidates))
+                            max_candidates=int(max_candidates), quantizer=quantizer,
+                            rdoq=bool(rdoq))
     with SafetensorsReader(src) as reader:
         infos = reader.tensors
         header = container.WbsHeader(reader.metadata)

@@ -11,6 +11,8 @@ range coder), run in one of three modes so that the syntax is written once for a
 - ``DECODE`` reads them back from a byte buffer,
 - ``ESTIMATE`` adds the cost of each bin, in units of 2**-16 bit, to ``coder[COST]``
   without writing anything; the rate-distortion decisions use it.
+- ``PEEK`` adds costs as ``ESTIMATE`` does but leaves the context models unchanged, so
+  an encoder can price alternatives for one symbol before coding the one it picks.
 
 All arithmetic is on integers, so the same bins give the same bytes on every machine.
 
@@ -36,6 +38,7 @@ from numba import njit
 ENCODE = 0
 DECODE = 1
 ESTIMATE = 2
+PEEK = 3
 
 # Indexes into the coder state array.
 LOW = 0  # encoder: low end of the interval; decoder: the code value
@@ -174,8 +177,10 @@ def code_bin(coder, buf, probs, shifts, ctx, bit):
     """
     p1 = (probs[ctx, 0] + probs[ctx, 1]) >> 1
     mode = coder[MODE]
-    if mode == ESTIMATE:
+    if mode >= ESTIMATE:
         coder[COST] += COST_TABLE[p1] if bit else COST_TABLE[PROB_ONE - p1]
+        if mode == PEEK:
+            return bit
     else:
         split = (coder[RANGE] * (PROB_ONE - p1)) >> PROB_BITS
         bit = _code_split(coder, buf, split, bit)
@@ -193,7 +198,7 @@ def code_bin(coder, buf, probs, shifts, ctx, bit):
 def code_bypass(coder, buf, bit):
     """Code one bin with probability 1/2; return the bin."""
     coder[BINS] += 1
-    if coder[MODE] == ESTIMATE:
+    if coder[MODE] >= ESTIMATE:
         coder[COST] += 1 << COST_BITS
         return bit
     return _code_split(coder, buf, coder[RANGE] >> 1, bit)

@@ -35,6 +35,10 @@ from wcodec.codec import block_syntax, cabac, prediction, quantization, residual
 from wcodec.codec.block_syntax import BLOCK_INTER, BLOCK_INTRA, BLOCK_SKIP
 
 LAMBDA_FACTOR = 2 * np.log(2) / 12
+QUANTIZER_UNIFORM = 0
+QUANTIZER_DEPENDENT = 1
+QUANTIZER_NAMES = {QUANTIZER_UNIFORM: "uniform", QUANTIZER_DEPENDENT: "dependent"}
+DQ_LAMBDA = 0.3  # Lagrange multiplier of the dependent-quantization trellis, in steps**2 per bit
 N_CONTEXTS = residual_coding.N_CONTEXTS + block_syntax.N_CONTEXTS
 COST_TABLE_SIZE = 64  # level magnitudes with their own cost estimate; larger ones are extrapolated
 
@@ -81,10 +85,21 @@ def _global_indexes(syntax, offsets):
     return offsets[syntax.slots] + syntax.indexes
 
 
-def reconstruct(levels, step, syntax, refs, gain_num):
+def _block_coded(syntax, rows, cols):
+    if syntax is None:
+        return np.ones((rows, cols), dtype=np.uint8)
+    return (syntax.modes != BLOCK_SKIP).astype(np.uint8)
+
+
+def reconstruct(levels, step, syntax, refs, gain_num, quantizer=QUANTIZER_UNIFORM):
     """Return the float64 reconstruction (O, I, K) of a frame from its levels and syntax."""
     rows, cols, k = levels.shape
-    recon = levels.astype(np.float64) * step
+    if quantizer == QUANTIZER_DEPENDENT:
+        values = quantization.dq_reconstruct(levels.reshape(rows, cols * k),
+                                             _block_coded(syntax, rows, cols), k)
+        recon = values.reshape(rows, cols, k).astype(np.float64) * step
+    else:
+        recon = levels.astype(np.float64) * step
     if syntax is None:
         return recon
     _, _, offsets, ref_blocks = _ref_layout(refs)
@@ -274,7 +289,8 @@ def _decide_frame(cur, step, frame_mode, refs, max_candidates):
     return syntax, levels, gain_num
 
 
-def _code_payload(mode, level_frame, block_size, frame_mode, syntax, refs, buf):
+def _code_payload(mode, level_frame, block_size, frame_mode, syntax, refs, buf, targets,
+                  rdo_lambda, dependent):
     """Run the frame syntax in ENCODE or ESTIMATE ``mode``; return the coder state."""
     coder = cabac.new_coder(mode)
     probs, shifts = cabac.new_contexts(N_CONTEXTS)
@@ -288,41 +304,74 @@ def _code_payload(mode, level_frame, block_size, frame_mode, syntax, refs, buf):
                                        frame_mode, syntax.modes, syntax.signs, syntax.slots,
                                        syntax.indexes, ref_rows, ref_cols)
         block_coded = (syntax.modes != BLOCK_SKIP).astype(np.uint8)
-    residual_coding.code_levels(coder, buf, probs, shifts, level_frame, block_size, block_coded)
+    residual_coding.code_levels(coder, buf, probs, shifts, level_frame, block_size, block_coded,
+                                targets, rdo_lambda, dependent)
     return coder
 
 
-def _encode_payload(level_frame, block_size, frame_mode, syntax, refs):
+def _encode_payload(level_frame, block_size, frame_mode, syntax, refs, targets, rdo_lambda,
+                    dependent):
+    """Return (payload, coded levels); rate-distortion optimized quantization may change levels."""
     capacity = 2 * level_frame.size + 64
     while True:
         buf = np.zeros(capacity, dtype=np.uint8)
-        coder = _code_payload(cabac.ENCODE, level_frame, block_size, frame_mode, syntax, refs,
-                              buf)
+        coded = level_frame.copy()
+        coder = _code_payload(cabac.ENCODE, coded, block_size, frame_mode, syntax, refs, buf,
+                              targets, rdo_lambda, dependent)
         length = cabac.finish_encoder(coder, buf)
         if length <= capacity:
-            return buf[:length].tobytes()
+            return buf[:length].tobytes(), coded
         capacity = int(length) + 64
 
 
-def encode_frame(values, step, frame_mode, refs, max_candidates=prediction.DEFAULT_MAX_CANDIDATES):
+def _dq_levels(targets, block_coded, block_size):
+    """Return dependent-quantization levels for ``targets`` (O, R) in steps, two passes.
+
+    The first pass prices levels with the histogram of plain rounding at twice the step
+    (what each of the two quantizers would give alone); the second with the histogram
+    of the first pass's levels.
+    """
+    levels = np.rint(targets / 2.0).astype(np.int64)
+    for _ in range(2):
+        rate = _level_cost_table(levels[block_coded.repeat(block_size, axis=1) != 0])
+        levels = quantization.dq_trellis(targets, block_coded, block_size, DQ_LAMBDA, rate, 2.0)
+    return levels
+
+
+def encode_frame(values, step, frame_mode, refs, max_candidates=prediction.DEFAULT_MAX_CANDIDATES,
+                 rdo_lambda=0.0, quantizer=QUANTIZER_UNIFORM):
     """Encode a frame (O, I, K) float64 in ``frame_mode`` against reconstructed ``refs``.
 
     ``refs`` lists reference reconstructions (O_r, I_r, K), nearest first; intra ignores them.
+    ``rdo_lambda`` > 0 turns on rate-distortion optimized quantization of uniform levels
+    with that Lagrange multiplier, in squared steps per bit. ``quantizer`` selects uniform
+    or dependent quantization; block mode decisions always price uniform levels.
     """
     rows, cols, k = values.shape
+    syntax = None
+    gain_num = 0
     if frame_mode == block_syntax.FRAME_INTRA:
         levels = quantization.quantize(values, step)
-        level_frame = levels.reshape(rows, cols * k)
-        payload = _encode_payload(level_frame, k, frame_mode, None, refs)
-        return FrameResult(payload, reconstruct(levels, step, None, refs, 0), frame_mode, 0, None)
-    syntax, levels, gain_num = _decide_frame(values, step, frame_mode, refs, max_candidates)
-    level_frame = levels.reshape(rows, cols * k)
-    payload = _encode_payload(level_frame, k, frame_mode, syntax, refs)
-    recon = reconstruct(levels.reshape(rows, cols, k), step, syntax, refs, gain_num)
+        residual = values
+    else:
+        syntax, levels, gain_num = _decide_frame(values, step, frame_mode, refs, max_candidates)
+        levels = levels.reshape(rows, cols, k)
+        residual = values - reconstruct(np.zeros_like(levels), step, syntax, refs, gain_num)
+    targets = np.ascontiguousarray(residual.reshape(rows, cols * k) / step)
+    if quantizer == QUANTIZER_DEPENDENT:
+        block_coded = _block_coded(syntax, rows, cols)
+        levels = _dq_levels(targets, block_coded, k)
+        rdo_lambda = 0.0
+    if rdo_lambda <= 0:
+        targets = residual_coding._NO_TARGETS
+    payload, coded = _encode_payload(levels.reshape(rows, cols * k), k, frame_mode, syntax, refs,
+                                     targets, rdo_lambda, quantizer == QUANTIZER_DEPENDENT)
+    coded = coded.reshape(rows, cols, k)
+    recon = reconstruct(coded, step, syntax, refs, gain_num, quantizer)
     return FrameResult(payload, recon, frame_mode, gain_num, syntax)
 
 
-def decode_frame(payload, shape, step, frame_mode, refs, gain_num):
+def decode_frame(payload, shape, step, frame_mode, refs, gain_num, quantizer=QUANTIZER_UNIFORM):
     """Decode a frame payload; return (reconstruction (O, I, K), syntax or None, coder state).
 
     The caller checks ``coder[cabac.ERROR]`` and that all payload bytes were read.
@@ -346,9 +395,11 @@ def decode_frame(payload, shape, step, frame_mode, refs, gain_num):
                                        syntax.indexes, ref_rows, ref_cols)
         block_coded = (syntax.modes != BLOCK_SKIP).astype(np.uint8)
     if not coder[cabac.ERROR]:
-        residual_coding.code_levels(coder, buf, probs, shifts, level_frame, k, block_coded)
+        residual_coding.code_levels(coder, buf, probs, shifts, level_frame, k, block_coded,
+                                    residual_coding._NO_TARGETS, 0.0,
+                                    quantizer == QUANTIZER_DEPENDENT)
     levels = level_frame.reshape(rows, cols, k)
-    recon = reconstruct(levels, step, syntax, refs, gain_num)
+    recon = reconstruct(levels, step, syntax, refs, gain_num, quantizer)
     return recon, levels, syntax, coder
 
 

@@ -40,7 +40,9 @@ import numpy as np
 from numba import njit
 
 from wcodec.codec import cabac
-from wcodec.codec.cabac import DECODE, ERROR, MODE, code_bin, code_bypass_bits
+from wcodec.codec.cabac import (BINS, COST, COST_BITS, DECODE, ERROR, MODE, PEEK, code_bin,
+                                code_bypass_bits)
+from wcodec.codec.quantization import DQ_TRANSITIONS
 from wcodec.codec.runlength import RUN_CONTEXTS, code_zero_run
 
 N_CLASSES = 16
@@ -51,10 +53,12 @@ N_ESCAPE_PREFIX = 24
 MAX_ESCAPE_PREFIX = 52  # longer Exp-Golomb prefixes can only come from a damaged stream
 MAX_LEVEL = 1 << 50  # largest |level| the encoder accepts
 
+N_QUANTIZERS = 2  # sig and gt contexts come in one set per quantizer of dependent quantization
+
 CTX_SIG = 0
-CTX_SIGN = CTX_SIG + N_CLASSES
+CTX_SIGN = CTX_SIG + N_QUANTIZERS * N_CLASSES
 CTX_GT = CTX_SIGN + 9
-CTX_ESCAPE = CTX_GT + N_CLASSES * N_GT
+CTX_ESCAPE = CTX_GT + N_QUANTIZERS * N_CLASSES * N_GT
 CTX_LOW = CTX_ESCAPE + N_ESCAPE_GROUPS * N_ESCAPE_PREFIX
 CTX_RUN = CTX_LOW + N_CLASSES * 3
 N_CONTEXTS = CTX_RUN + RUN_CONTEXTS
@@ -115,8 +119,11 @@ def _code_exp_golomb(coder, buf, probs, shifts, ctx_base, value):
 
 
 @njit(cache=True, nogil=True)
-def _code_level_value(coder, buf, probs, shifts, levels, o, p, c, level):
-    """Code sign and magnitude of a nonzero level at (o, p) in activity class c; return it."""
+def _code_level_value(coder, buf, probs, shifts, levels, o, p, c, q, level):
+    """Code sign and magnitude of a nonzero level at (o, p) in activity class c; return it.
+
+    ``q`` is the quantizer (0 or 1) of dependent quantization, 0 for uniform quantization.
+    """
     left = levels[o, p - 1] if p >= 1 else 0
     up = levels[o - 1, p] if o >= 1 else 0
     sign_ctx = CTX_SIGN + 3 * (_sign(left) + 1) + _sign(up) + 1
@@ -126,7 +133,7 @@ def _code_level_value(coder, buf, probs, shifts, levels, o, p, c, level):
     k = max(0, c - RICE_OFFSET)
     q_value = m >> k
     q = np.int64(0)
-    gt_base = CTX_GT + c * N_GT
+    gt_base = CTX_GT + (q * N_CLASSES + c) * N_GT
     while q < N_GT:
         if code_bin(coder, buf, probs, shifts, gt_base + q, 1 if q_value > q else 0) == 0:
             break
@@ -153,14 +160,65 @@ def _code_level_value(coder, buf, probs, shifts, levels, o, p, c, level):
 
 
 @njit(cache=True, nogil=True)
-def code_levels(coder, buf, probs, shifts, levels, K, block_coded):
+def _rdo_level(coder, buf, probs, shifts, levels, o, p, c, target, lam, allow_zero):
+    """Return the level near ``target`` (in units of the step) with the least D + lam * R.
+
+    D = (target - level)**2 and R is the bits the level costs with the current context
+    states, priced in PEEK mode. The candidates are the rounded level already in
+    ``levels``, the level one step closer to zero, and zero when ``allow_zero``.
+    """
+    rounded = levels[o, p]
+    mode = coder[MODE]
+    cost = coder[COST]
+    bins = coder[BINS]
+    coder[MODE] = PEEK
+    best = rounded
+    best_j = np.inf
+    for n in range(3):
+        if n == 0:
+            candidate = rounded
+        elif n == 1:
+            if rounded == 0:
+                continue
+            candidate = rounded - 1 if rounded > 0 else rounded + 1
+            if candidate == 0 and not allow_zero:
+                continue
+        else:
+            if not allow_zero or rounded == 0 or abs(rounded) == 1:
+                continue
+            candidate = 0
+        coder[COST] = 0
+        if allow_zero:
+            code_bin(coder, buf, probs, shifts, CTX_SIG + c, 1 if candidate != 0 else 0)
+        if candidate != 0:
+            _code_level_value(coder, buf, probs, shifts, levels, o, p, c, 0, candidate)
+        error = target - candidate
+        j = error * error + lam * (coder[COST] / (1 << COST_BITS))
+        if j < best_j:
+            best_j = j
+            best = candidate
+    coder[MODE] = mode
+    coder[COST] = cost
+    coder[BINS] = bins
+    return best
+
+
+@njit(cache=True, nogil=True)
+def code_levels(coder, buf, probs, shifts, levels, K, block_coded, targets, rdo_lambda,
+                dependent):
     """Code a frame of levels (O, R) with blocks of K positions.
 
     ENCODE and ESTIMATE read ``levels``; DECODE fills it (it must be zero on entry).
-    ``block_coded`` (O, R // K, uint8) marks the blocks that are coded.
+    ``block_coded`` (O, R // K, uint8) marks the blocks that are coded. With
+    ``rdo_lambda`` > 0 (ENCODE and ESTIMATE only), the encoder adjusts each level by
+    rate-distortion optimized quantization against ``targets`` (O, R), the unrounded
+    values in units of the step, and writes the chosen levels back into ``levels``.
+    With ``dependent`` true the levels are dependent-quantization levels: the coder
+    follows the quantizer state machine and selects sig and gt contexts by quantizer.
     """
     O = levels.shape[0]
     R = levels.shape[1]
+    rdo = rdo_lambda > 0 and coder[MODE] != DECODE
     positions = np.empty(R, dtype=np.int64)
     for o in range(O):
         n = 0
@@ -168,6 +226,7 @@ def code_levels(coder, buf, probs, shifts, levels, K, block_coded):
             if block_coded[o, p // K]:
                 positions[n] = p
                 n += 1
+        state = 0
         j = 0
         while j < n:
             if coder[ERROR] != 0:
@@ -182,20 +241,34 @@ def code_levels(coder, buf, probs, shifts, levels, K, block_coded):
                         run += 1
                 run = code_zero_run(coder, buf, probs, shifts, CTX_RUN, run, n - j, j == 0)
                 j += run
+                if dependent:
+                    for _ in range(run):
+                        state = DQ_TRANSITIONS[state, 0]
                 if j >= n:
                     break
                 p = positions[j]
                 c = _activity_class(levels, o, p, K)
+                if rdo:
+                    levels[o, p] = _rdo_level(coder, buf, probs, shifts, levels, o, p, c,
+                                              targets[o, p], rdo_lambda, False)
                 levels[o, p] = _code_level_value(coder, buf, probs, shifts, levels, o, p, c,
-                                                 levels[o, p])
-                j += 1
-                continue
-            significant = code_bin(coder, buf, probs, shifts, CTX_SIG + c,
-                                   1 if levels[o, p] != 0 else 0)
-            if significant:
-                levels[o, p] = _code_level_value(coder, buf, probs, shifts, levels, o, p, c,
-                                                 levels[o, p])
+                                                 state & 1, levels[o, p])
+            else:
+                if rdo:
+                    levels[o, p] = _rdo_level(coder, buf, probs, shifts, levels, o, p, c,
+                                              targets[o, p], rdo_lambda, True)
+                q = state & 1
+                significant = code_bin(coder, buf, probs, shifts, CTX_SIG + q * N_CLASSES + c,
+                                       1 if levels[o, p] != 0 else 0)
+                if significant:
+                    levels[o, p] = _code_level_value(coder, buf, probs, shifts, levels, o, p, c,
+                                                     q, levels[o, p])
+            if dependent:
+                state = DQ_TRANSITIONS[state, levels[o, p] & 1]
             j += 1
+
+
+_NO_TARGETS = np.zeros((0, 0), dtype=np.float64)
 
 
 def _all_blocks(levels, K):
@@ -212,7 +285,7 @@ def encode_levels(levels, K, block_coded=None):
         coder = cabac.new_coder(cabac.ENCODE)
         probs, shifts = cabac.new_contexts(N_CONTEXTS)
         buf = np.zeros(capacity, dtype=np.uint8)
-        code_levels(coder, buf, probs, shifts, levels, K, block_coded)
+        code_levels(coder, buf, probs, shifts, levels, K, block_coded, _NO_TARGETS, 0.0, False)
         length = cabac.finish_encoder(coder, buf)
         if length <= capacity:
             return buf[:length].tobytes()
@@ -232,7 +305,7 @@ def decode_levels(data, shape, K, block_coded=None):
     coder = cabac.new_coder(cabac.DECODE)
     cabac.start_decoder(coder, buf)
     probs, shifts = cabac.new_contexts(N_CONTEXTS)
-    code_levels(coder, buf, probs, shifts, levels, K, block_coded)
+    code_levels(coder, buf, probs, shifts, levels, K, block_coded, _NO_TARGETS, 0.0, False)
     return levels, coder
 
 
@@ -244,5 +317,5 @@ def estimate_bits(levels, K, block_coded=None):
     coder = cabac.new_coder(cabac.ESTIMATE)
     probs, shifts = cabac.new_contexts(N_CONTEXTS)
     buf = np.zeros(1, dtype=np.uint8)
-    code_levels(coder, buf, probs, shifts, levels, K, block_coded)
+    code_levels(coder, buf, probs, shifts, levels, K, block_coded, _NO_TARGETS, 0.0, False)
     return coder[cabac.COST] / (1 << cabac.COST_BITS)

@@ -34,6 +34,7 @@ MODE_NAMES = {MODE_RAW: "raw", MODE_QUANTIZED: "quantized", MODE_INTEGER: "integ
 FRAME_MODE_NAMES = {FRAME_INTRA: "intra", FRAME_COLLOCATED: "collocated",
                     FRAME_ADJACENT: "adjacent", FRAME_FULL: "full"}
 PRED_GAIN_MAX = 128
+QUANTIZER_NAMES = {0: "uniform", 1: "dependent"}
 
 MAX_NDIM = 32
 MAX_NAME_BYTES = 1 << 16
@@ -61,6 +62,7 @@ class TensorRecord:
     frame_mode: int = FRAME_INTRA
     refs: tuple = ()
     pred_gain: int = 0
+    quantizer: int = 0
     alias_of: int = 0
     payload_offset: int = 0
     payload_length: int = 0
@@ -93,8 +95,8 @@ _RECORD_FIELDS = (("name", "string"), ("dtype", "dtype"), ("shape", "shape"),
                   ("coding_mode", "u8"))
 _MODE_FIELDS = {
     MODE_RAW: (),
-    MODE_QUANTIZED: (("qp", "svarint"), ("frame_mode", "u8"), ("refs", "index_list"),
-                     ("pred_gain", "varint")),
+    MODE_QUANTIZED: (("qp", "svarint"), ("quantizer", "u8"), ("frame_mode", "u8"),
+                     ("refs", "index_list"), ("pred_gain", "varint")),
     MODE_INTEGER: (),
     MODE_ALIAS: (("alias_of", "varint"),),
 }
@@ -415,6 +417,12 @@ def _validate_records(header, payload_area, path, limits):
 def _validate_frame(header, index, record, position_in_order, where):
     """Check the frame fields of a quantized record against the records coded before it."""
     frame_mode = record.frame_mode
+    if record.quantizer not in QUANTIZER_NAMES:
+        raise WbsFormatError(f"{where}: field quantizer has unknown value {record.quantizer}")
+    is_frame = len(record.shape) >= 2 and prod(record.shape) > 0
+    if record.quantizer != 0 and not is_frame:
+        raise WbsFormatError(f"{where}: field quantizer: dependent quantization needs a shape "
+                             f"of two or more nonzero dimensions, found {list(record.shape)}")
     if frame_mode not in FRAME_MODE_NAMES:
         raise WbsFormatError(f"{where}: field frame_mode has unknown value {frame_mode}")
     if frame_mode == FRAME_INTRA:
@@ -432,7 +440,7 @@ def _validate_frame(header, index, record, position_in_order, where):
     if not 1 <= record.pred_gain <= PRED_GAIN_MAX:
         raise WbsFormatError(f"{where}: field pred_gain: expected 1 to {PRED_GAIN_MAX}, found "
                              f"{record.pred_gain}")
-    if len(record.shape) < 2 or prod(record.shape) == 0:
+    if not is_frame:
         raise WbsFormatError(f"{where}: field frame_mode: an inter frame needs a shape of two "
                              f"or more nonzero dimensions, found {list(record.shape)}")
     for ref in record.refs:
