@@ -180,8 +180,13 @@ def stats_command(src, as_json, tensor, plot_path, max_candidates):
 
     def action():
         # A .wbs file starts with a fixed magic number, so any other file is read as safetensors.
-        with open(src, "rb") as file:
-            magic = file.read(len(container.MAGIC))
+        try:
+            with open(src, "rb") as file:
+                magic = file.read(len(container.MAGIC))
+        except FileNotFoundError:
+            raise InputError(f"{src}: file not found") from None
+        except IsADirectoryError:
+            raise InputError(f"{src}: is a directory, expected a .wbs or safetensors file") from None
 
         if magic != container.MAGIC:
             if tensor is not None:

@@ -138,7 +138,7 @@ class WbsFile:
                                                   record.shape)
             elif self.is_frame(index):
                 recon, _, _ = self.decode_frame(index, references)
-                tensor = dtypes.float64_to_tensor(recon.reshape(record.shape), record.dtype,
+                tensor = dtypes.reconstruction_to_tensor(recon.reshape(record.shape), record.dtype,
                                                   record.shape)
                 if index in last_use:
                     references[index] = dtypes.tensor_to_float64(tensor).reshape(recon.shape)
@@ -155,7 +155,7 @@ class WbsFile:
                                          f"{error}") from None
             else:
                 values = quantization.dequantize(self.levels(index), self._step(record))
-                tensor = dtypes.float64_to_tensor(values.reshape(record.shape), record.dtype,
+                tensor = dtypes.reconstruction_to_tensor(values.reshape(record.shape), record.dtype,
                                                   record.shape)
             if index in aliased:
                 decoded[index] = tensor
@@ -163,10 +163,21 @@ class WbsFile:
 
 
 def load(path):
-    """Decode a ``.wbs`` file into a dict of torch tensors in the original order and dtypes."""
+    """Decode a ``.wbs`` file into a dict of torch tensors in the original order and dtypes.
+
+    Every name gets its own tensor, also where the file stores tied tensors once, so an
+    in-place edit of one never changes another.
+    """
     with open_wbs(path) as wbs:
         tensors = dict(wbs.iter_tensors())
-        return {record.name: tensors[i] for i, record in enumerate(wbs.header.tensors)}
+        header = wbs.header
+        result = {}
+        for index, record in enumerate(header.tensors):
+            tensor = tensors[index]
+            if record.coding_mode == container.MODE_ALIAS:
+                tensor = tensor.clone()
+            result[record.name] = tensor
+        return result
 
 
 def decode_file(src, dst, *, force=False, progress=None):

@@ -104,6 +104,11 @@ def matches_pattern(name, pattern):
         return False
 
 
+def is_kept(name, options):
+    """Return whether the tensor ``name`` matches one of the options' keep patterns."""
+    return any(matches_pattern(name, pattern) for pattern in options.keep)
+
+
 def _raw_record(info, tensor):
     record = container.TensorRecord(info.name, info.dtype, tuple(info.shape), container.MODE_RAW)
     return record, dtypes.tensor_to_bytes(tensor)
@@ -175,11 +180,13 @@ def encode_tensor(info, tensor, options, history=None):
     """
     kind = dtypes.dtype_by_name(info.dtype).kind
     shape = tuple(info.shape)
-    if any(matches_pattern(info.name, pattern) for pattern in options.keep):
+    if is_kept(info.name, options):
         return (*_raw_record(info, tensor), None)
     if tensor.numel() == 0:
         mode = container.MODE_QUANTIZED if kind == "float" else container.MODE_INTEGER
-        qp = options.qp if kind == "float" else 0
+        qp = 0
+        if kind == "float":
+            qp = options.qp if len(shape) >= 2 else options.qp + quantization.FINE_QP_OFFSET
         return container.TensorRecord(info.name, info.dtype, shape, mode, qp=qp), b"", None
 
     geometry = frames.frame_geometry(shape)
@@ -198,7 +205,7 @@ def encode_tensor(info, tensor, options, history=None):
         if len(shape) >= 2:
             record, payload, recon = _encode_frame(info, values, qp, options,
                                                    history or FrameHistory())
-            rounded = dtypes.float64_to_tensor(recon.reshape(shape), info.dtype, shape)
+            rounded = dtypes.reconstruction_to_tensor(recon.reshape(shape), info.dtype, shape)
             recon = dtypes.tensor_to_float64(rounded).reshape(recon.shape)
             return record, payload, recon
         levels = quantization.quantize(values.reshape(geometry.rows, geometry.row_length), step)
@@ -208,7 +215,9 @@ def encode_tensor(info, tensor, options, history=None):
         return record, payload, None
 
     values = dtypes.tensor_to_int64(tensor)
-    if values is None or np.abs(values).max() > residual_coding.MAX_LEVEL:
+    # Compare min and max: np.abs(-2**63) overflows and stays negative.
+    if values is None or values.min() < -residual_coding.MAX_LEVEL \
+            or values.max() > residual_coding.MAX_LEVEL:
         return (*_raw_record(info, tensor), None)
     levels = values.reshape(geometry.rows, geometry.row_length)
     payload = residual_coding.encode_levels(levels, geometry.block_size)
@@ -243,7 +252,9 @@ def encode_file(src, dst, *, qp=quantization.DEFAULT_QP, keep=(), mode=DEFAULT_M
                 info = infos[index]
                 tensor = reader.read(info.name)
                 raw = dtypes.tensor_to_bytes(tensor)
-                key = (info.dtype, tuple(info.shape), hashlib.sha256(raw).digest())
+                # Kept tensors alias only kept tensors, so that an alias is always bit-exact.
+                key = (info.dtype, tuple(info.shape), is_kept(info.name, options),
+                       hashlib.sha256(raw).digest())
                 if key in seen:
                     record = container.TensorRecord(info.name, info.dtype, tuple(info.shape),
                                                     container.MODE_ALIAS, alias_of=seen[key])

@@ -111,7 +111,7 @@ def collect_stats(path, tensor=None):
             if wbs.is_frame(index):
                 recon, levels, syntax = wbs.decode_frame(index, references)
                 if index in referenced:
-                    rounded = dtypes.float64_to_tensor(recon.reshape(record.shape), record.dtype,
+                    rounded = dtypes.reconstruction_to_tensor(recon.reshape(record.shape), record.dtype,
                                                        record.shape)
                     references[index] = dtypes.tensor_to_float64(rounded).reshape(recon.shape)
                 entry.update(_frame_entry(wbs, index, record, recon, levels, syntax))

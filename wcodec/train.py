@@ -96,7 +96,7 @@ def _is_supported(value):
 def _storage_key(tensor):
     """Return a key equal for two tensors that view the same elements of the same memory."""
     if tensor.device.type == "meta":
-        # Meta tensors have no memory, so only the object identity tells them apart.
+        # Meta tensors have no memory, so only the object identity distinguishes them.
         return id(tensor)
     return (tensor.device, tensor.dtype, tuple(tensor.shape), tensor.stride(), tensor.data_ptr())
 
@@ -145,7 +145,7 @@ class InterLayerLoss(torch.nn.Module):
         self.p = p
         self.include_linear = include_linear
 
-        # keep_vars=True returns the Parameter objects themselves, so the loss sees the live
+        # keep_vars=True returns the Parameter objects themselves, so the loss reads the live
         # values. They are held in a plain list instead of being registered, so the loss
         # owns no parameters or state of the model.
         tensors = model.state_dict(keep_vars=True)

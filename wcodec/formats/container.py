@@ -14,6 +14,7 @@ import zlib
 from dataclasses import dataclass, field
 from math import prod
 
+from wcodec.codec.quantization import QP_MAX, QP_MIN
 from wcodec.codec.block_syntax import (FRAME_ADJACENT, FRAME_COLLOCATED, FRAME_FULL,
                                        FRAME_INTRA, MAX_REFS)
 from wcodec.errors import WbsFormatError
@@ -79,15 +80,16 @@ class TensorRecord:
 
 @dataclass
 class WbsHeader:
-    """The parsed header: safetensors metadata (None when absent) and the tensor records."""
+    """The parsed header: safetensors metadata (None when absent), the tensor records and
+    the coding order (record indexes in the order their payloads follow each other)."""
 
     metadata: dict | None
     tensors: list = field(default_factory=list)
+    order: list = field(default_factory=list)
 
     def coding_order(self):
         """Return record indexes in payload order, the order in which they must be decoded."""
-        return sorted(range(len(self.tensors)),
-                      key=lambda i: (self.tensors[i].payload_offset, i))
+        return list(self.order)
 
 
 # Field tables shared by writer and reader: (attribute, wire type).
@@ -232,6 +234,7 @@ def write_container(stream, header, payloads):
     ``payloads`` maps record index to bytes; the records' payload fields are filled in
     here, in the order the payloads are given, so a caller only decides the order.
     """
+    header.order = [index for index, _ in payloads]
     offset = 0
     for index, data in payloads:
         record = header.tensors[index]
@@ -254,6 +257,8 @@ def write_container(stream, header, payloads):
         for group in _record_fields(record):
             for name, kind in group:
                 getattr(writer, kind)(getattr(record, name))
+    for index in header.order:
+        writer.varint(index)
     body = bytes(writer.out)
     stream.write(PREAMBLE.pack(MAGIC, VERSION, 0, len(body), zlib.crc32(body)))
     stream.write(body)
@@ -334,8 +339,19 @@ def read_container(data, path, limits=DecodeLimits()):
         record = TensorRecord(**values)
         if record.name in names:
             reader.fail("duplicate tensor name")
+        if record.name == "__metadata__":
+            reader.fail("field name: __metadata__ is reserved for the safetensors metadata")
         names.add(record.name)
         header.tensors.append(record)
+    reader.where = "header"
+    seen = set()
+    for rank in range(count):
+        index = reader.varint(f"coding_order[{rank}]")
+        if index >= count or index in seen:
+            reader.fail(f"field coding_order[{rank}]: {index} is not an unused record index "
+                        f"below {count}")
+        seen.add(index)
+        header.order.append(index)
     if reader.pos != len(reader.data):
         raise WbsFormatError(f"{path}: header: {len(reader.data) - reader.pos} bytes left after "
                              f"the last tensor record; expected none")
@@ -417,6 +433,8 @@ def _validate_records(header, payload_area, path, limits):
 def _validate_frame(header, index, record, position_in_order, where):
     """Check the frame fields of a quantized record against the records coded before it."""
     frame_mode = record.frame_mode
+    if not QP_MIN <= record.qp <= QP_MAX:
+        raise WbsFormatError(f"{where}: field qp: {record.qp} is outside [{QP_MIN}, {QP_MAX}]")
     if record.quantizer not in QUANTIZER_NAMES:
         raise WbsFormatError(f"{where}: field quantizer has unknown value {record.quantizer}")
     is_frame = len(record.shape) >= 2 and prod(record.shape) > 0

@@ -28,6 +28,7 @@ __all__ = [
     "float64_to_tensor",
     "tensor_to_int64",
     "int64_to_tensor",
+    "reconstruction_to_tensor",
 ]
 
 
@@ -200,6 +201,17 @@ def float64_to_tensor(array: np.ndarray, dtype_name: str, shape: tuple[int, ...]
     # a float64 value just above or below a tie of the target dtype can round the wrong
     # way (double rounding). Values that float32 represents exactly round correctly.
     return torch.from_numpy(values.reshape(shape)).to(dtype.torch_dtype, copy=True)
+
+
+def reconstruction_to_tensor(array: np.ndarray, dtype_name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """Round dequantized float64 values to a float dtype, saturating at its largest finite value.
+
+    A level times the step can exceed the range of a narrow dtype (65504 in F16 becomes
+    65520 at a step of 40), and rounding would then give infinity; saturating keeps the
+    decoded weights finite. Encoder and decoder both call this, so their frames agree.
+    """
+    largest = float(torch.finfo(dtype_by_name(dtype_name).torch_dtype).max)
+    return float64_to_tensor(np.clip(array, -largest, largest), dtype_name, shape)
 
 
 def tensor_to_int64(tensor: torch.Tensor) -> np.ndarray | None:

@@ -346,6 +346,9 @@ class SafetensorsReader:
             raise InputError(f"{self.path}: tensor {name!r} changed while the file was read")
         # safetensors 0.8 returns a view of a private memory map, so an in-place edit of
         # the result would show up in later reads of the same tensor. The copy prevents that.
+        if tensor.dtype == torch.bool:
+            # Cloning a bool tensor maps every nonzero byte to 1; copy the bytes instead.
+            return tensor.view(torch.uint8).clone().view(torch.bool)
         return tensor.clone()
 
 

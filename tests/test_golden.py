@@ -1,0 +1,100 @@
+"""Golden files: .wbs files of bitstream version 1 that every later wcodec must decode unchanged.
+
+tests/golden/v1 contains each golden .wbs file, the safetensors output expected from decoding
+it, and manifest.json with each file's sha256, source model and encode options. A missing
+golden file fails these tests, which never skip and never regenerate. tests/golden/README.md
+explains when and how to regenerate them by hand.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+import wcodec
+from common import read_safetensors
+from wcodec.decoder import open_wbs
+from wcodec.formats.dtypes import tensor_to_bytes
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden" / "v1"
+REPOSITORY = Path(__file__).resolve().parents[1]
+GOLDEN_NAMES = ("synthetic", "pnet", "synthetic_dq")
+# The synthetic model must exercise every coding mode and every dtype of version 1.
+SYNTHETIC_MODES = {"raw", "quantized", "integer", "alias"}
+ALL_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "BF16", "F32", "F64",
+              "F8_E4M3", "F8_E5M2"}
+
+
+def manifest_entry(name: str) -> dict:
+    manifest = json.loads((GOLDEN_DIR / "manifest.json").read_text())
+    assert manifest["bitstream_version"] == 1
+    return manifest["files"][f"{name}.wbs"]
+
+
+def golden_path(name: str) -> Path:
+    path = GOLDEN_DIR / f"{name}.wbs"
+    assert path.is_file(), f"golden file {path} is missing; restore it from version control"
+    return path
+
+
+def assert_same_safetensors(actual: Path, expected: Path) -> None:
+    actual_metadata, actual_tensors = read_safetensors(actual)
+    expected_metadata, expected_tensors = read_safetensors(expected)
+    assert actual_metadata == expected_metadata
+    assert list(actual_tensors) == list(expected_tensors)
+    for name, tensor in expected_tensors.items():
+        assert actual_tensors[name].dtype == tensor.dtype, name
+        assert actual_tensors[name].shape == tensor.shape, name
+        assert tensor_to_bytes(actual_tensors[name]) == tensor_to_bytes(tensor), name
+
+
+@pytest.mark.parametrize("name", GOLDEN_NAMES)
+def test_golden_sha256(name):
+    data = golden_path(name).read_bytes()
+
+    assert hashlib.sha256(data).hexdigest() == manifest_entry(name)["sha256"]
+
+
+@pytest.mark.parametrize("name", GOLDEN_NAMES)
+def test_golden_decode_exact(tmp_path, name):
+    expected = GOLDEN_DIR / manifest_entry(name)["expected"]
+    restored = tmp_path / "restored.safetensors"
+    wcodec.decode_file(golden_path(name), restored)
+
+    assert expected.is_file()
+    assert_same_safetensors(restored, expected)
+
+
+@pytest.mark.parametrize("name", GOLDEN_NAMES)
+def test_golden_load_exact(name):
+    expected_metadata, expected = read_safetensors(GOLDEN_DIR / manifest_entry(name)["expected"])
+    loaded = wcodec.load(golden_path(name))
+
+    assert list(loaded) == list(expected)
+    for tensor_name, tensor in expected.items():
+        assert tensor_to_bytes(loaded[tensor_name]) == tensor_to_bytes(tensor), tensor_name
+
+
+@pytest.mark.parametrize("name", GOLDEN_NAMES)
+def test_golden_reencode_identical(tmp_path, name):
+    entry = manifest_entry(name)
+    source = REPOSITORY / entry["source"]
+    output = tmp_path / f"{name}.wbs"
+    wcodec.encode_file(source, output, **entry["encode_options"])
+
+    assert output.read_bytes() == golden_path(name).read_bytes()
+
+
+def test_golden_synthetic_coverage():
+    with open_wbs(golden_path("synthetic")) as wbs:
+        records = wbs.header.tensors
+        metadata = wbs.header.metadata
+
+    assert {record.mode_name for record in records} == SYNTHETIC_MODES
+    assert {record.dtype for record in records} == ALL_DTYPES
+    assert any(record.coding_mode == 1 and record.frame_mode != 0 for record in records)
+    assert any(record.shape == () for record in records)
+    assert any(0 in record.shape for record in records)
+    assert any(len(record.shape) == 4 for record in records)
+    assert metadata
