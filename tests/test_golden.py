@@ -76,7 +76,9 @@ def test_golden_load_exact(name):
         assert tensor_to_bytes(loaded[tensor_name]) == tensor_to_bytes(tensor), tensor_name
 
 
-@pytest.mark.parametrize("name", GOLDEN_NAMES)
+# Dependent quantization is left out: its trellis search is encoder tuning that may
+# change without touching the bitstream, so only decoding its golden file is pinned.
+@pytest.mark.parametrize("name", ("synthetic", "pnet"))
 def test_golden_reencode_identical(tmp_path, name):
     entry = manifest_entry(name)
     source = REPOSITORY / entry["source"]

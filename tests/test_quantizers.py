@@ -8,7 +8,7 @@ import torch
 
 import wcodec
 from common import assert_roundtrip, write_safetensors
-from wcodec.codec import block_syntax, frame_coder, quantization
+from wcodec.codec import block_syntax, frame_coder, quantization, trellis
 from wcodec.formats import container
 
 STEP = 2.0 ** -8
@@ -26,8 +26,8 @@ def test_dq_trellis_beats_plain_rounding():
     rng = np.random.default_rng(0)
     targets = rng.laplace(size=(8, 500)) * 6
     coded = np.ones((8, 500), dtype=np.uint8)
-    rate = np.full(64, 4.0)
-    levels = quantization.dq_trellis(targets, coded, 1, 0.0, rate, 2.0)
+    rate = np.full((16, 64), 4.0)
+    levels = trellis.dq_trellis(targets, coded, 1, 0.0, rate)
     recon = quantization.dq_reconstruct(levels, coded, 1)
     coarse = 2 * np.rint(targets / 2)
 

@@ -31,14 +31,14 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from wcodec.codec import block_syntax, cabac, prediction, quantization, residual_coding
+from wcodec.codec import block_syntax, cabac, prediction, quantization, residual_coding, trellis
 from wcodec.codec.block_syntax import BLOCK_INTER, BLOCK_INTRA, BLOCK_SKIP
 
 LAMBDA_FACTOR = 2 * np.log(2) / 12
 QUANTIZER_UNIFORM = 0
 QUANTIZER_DEPENDENT = 1
 QUANTIZER_NAMES = {QUANTIZER_UNIFORM: "uniform", QUANTIZER_DEPENDENT: "dependent"}
-DQ_LAMBDA = 0.3  # Lagrange multiplier of the dependent-quantization trellis, in steps**2 per bit
+DQ_LAMBDA = 0.2  # Lagrange multiplier of the dependent-quantization trellis, in steps**2 per bit
 N_CONTEXTS = residual_coding.N_CONTEXTS + block_syntax.N_CONTEXTS
 COST_TABLE_SIZE = 64  # level magnitudes with their own cost estimate; larger ones are extrapolated
 
@@ -327,14 +327,14 @@ def _encode_payload(level_frame, block_size, frame_mode, syntax, refs, targets, 
 def _dq_levels(targets, block_coded, block_size):
     """Return dependent-quantization levels for ``targets`` (O, R) in steps, two passes.
 
-    The first pass prices levels with the histogram of plain rounding at twice the step
-    (what each of the two quantizers would give alone); the second with the histogram
-    of the first pass's levels.
+    The first pass prices levels with the statistics of plain rounding at twice the step
+    (what each of the two quantizers would give alone); the second with those of the
+    first pass's levels.
     """
     levels = np.rint(targets / 2.0).astype(np.int64)
     for _ in range(2):
-        rate = _level_cost_table(levels[block_coded.repeat(block_size, axis=1) != 0])
-        levels = quantization.dq_trellis(targets, block_coded, block_size, DQ_LAMBDA, rate, 2.0)
+        rate = trellis.class_rate_table(levels, block_coded, block_size)
+        levels = trellis.dq_trellis(targets, block_coded, block_size, DQ_LAMBDA, rate)
     return levels
 
 

@@ -47,7 +47,7 @@ def dequantize(levels, step):
 # (2k - sign(k)) * step. The quantizer of each position is state & 1, and the state
 # follows DQ_TRANSITIONS[state][parity of the level], so a decoder knows the quantizer
 # without side information; the encoder picks the levels by a Viterbi search over the
-# states. The state starts at 0 at every row and advances at every coded position.
+# states (wcodec.codec.trellis). The state starts at 0 at every row and advances at every coded position.
 # The table is the 8-state trellis of MPEG NNC (ISO/IEC 15938-17).
 DQ_TRANSITIONS = np.array([[0, 2], [7, 5], [1, 3], [6, 4], [2, 0], [5, 7], [3, 1], [4, 6]],
                           dtype=np.int64)
@@ -55,7 +55,7 @@ DQ_STATES = 8
 
 
 @njit(cache=True, nogil=True)
-def _dq_value(level, quantizer):
+def dq_value(level, quantizer):
     """Return the reconstruction of ``level`` in steps under quantizer 0 or 1."""
     if quantizer == 0 or level == 0:
         return 2 * level
@@ -73,83 +73,6 @@ def dq_reconstruct(levels, block_coded, block_size):
             if not block_coded[o, p // block_size]:
                 continue
             level = levels[o, p]
-            out[o, p] = _dq_value(level, state & 1)
+            out[o, p] = dq_value(level, state & 1)
             state = DQ_TRANSITIONS[state, level & 1]
     return out
-
-
-@njit(cache=True, nogil=True)
-def _level_rate(level, rate_table, tail_slope):
-    m = abs(level)
-    top = rate_table.shape[0] - 1
-    if m <= top:
-        return rate_table[m]
-    return rate_table[top] + tail_slope * np.log2(m / top)
-
-
-@njit(cache=True, nogil=True)
-def dq_trellis(targets, block_coded, block_size, lam, rate_table, tail_slope):
-    """Choose dependent-quantization levels (O, R) for ``targets`` (O, R) given in steps.
-
-    Minimizes, row by row, the sum of (target - reconstruction)**2 + lam * rate over the
-    coded positions, with the rate of a level taken from ``rate_table`` (bits of |level|,
-    sign included) and extrapolated by ``tail_slope`` bits per octave past its end.
-    """
-    rows, row_length = targets.shape
-    levels = np.zeros((rows, row_length), dtype=np.int64)
-    back_state = np.zeros((row_length, DQ_STATES), dtype=np.int64)
-    back_level = np.zeros((row_length, DQ_STATES), dtype=np.int64)
-    cost = np.empty(DQ_STATES)
-    new_cost = np.empty(DQ_STATES)
-    candidates = np.empty(3, dtype=np.int64)
-    for o in range(rows):
-        cost[:] = np.inf
-        cost[0] = 0.0
-        coded = 0
-        for p in range(row_length):
-            if not block_coded[o, p // block_size]:
-                continue
-            y = targets[o, p]
-            new_cost[:] = np.inf
-            for state in range(DQ_STATES):
-                if cost[state] == np.inf:
-                    continue
-                quantizer = state & 1
-                if quantizer == 0:
-                    low = np.int64(np.floor(y / 2.0))
-                    candidates[0] = low
-                    candidates[1] = low + 1
-                else:
-                    # Reconstructions of Q1 are 0 and the odd numbers; take the two odd ones
-                    # around y and convert them back to levels.
-                    odd = 2 * np.int64(np.floor((y - 1.0) / 2.0)) + 1
-                    candidates[0] = (odd + 1) // 2 if odd > 0 else (odd - 1) // 2
-                    candidates[1] = (odd + 3) // 2 if odd + 2 > 0 else (odd + 1) // 2
-                candidates[2] = 0
-                for c in range(3):
-                    level = candidates[c]
-                    if c == 2 and (candidates[0] == 0 or candidates[1] == 0):
-                        continue
-                    error = y - _dq_value(level, quantizer)
-                    j = cost[state] + error * error + lam * _level_rate(level, rate_table,
-                                                                        tail_slope)
-                    nxt = DQ_TRANSITIONS[state, level & 1]
-                    if j < new_cost[nxt]:
-                        new_cost[nxt] = j
-                        back_state[coded, nxt] = state
-                        back_level[coded, nxt] = level
-            cost[:] = new_cost
-            coded += 1
-        state = 0
-        best = np.inf
-        for s in range(DQ_STATES):
-            if cost[s] < best:
-                best = cost[s]
-                state = s
-        for p in range(row_length - 1, -1, -1):
-            if not block_coded[o, p // block_size]:
-                continue
-            coded -= 1
-            levels[o, p] = back_level[coded, state]
-            state = back_state[coded, state]
-    return levels

@@ -85,7 +85,18 @@ def _sign(x):
 
 
 @njit(cache=True, nogil=True)
-def _activity_class(levels, o, p, K):
+def class_of_activity(left, left2, up, prev):
+    """Return the activity class of a position from the magnitudes of its four neighbours."""
+    s = (2 * min(left, _ACTIVITY_CAP) + min(left2, _ACTIVITY_CAP)
+         + min(up, _ACTIVITY_CAP) + min(prev, _ACTIVITY_CAP))
+    if s == 0:
+        return 0
+    return min(_bit_length(s), N_CLASSES - 1)
+
+
+@njit(cache=True, nogil=True)
+def activity_class(levels, o, p, K):
+    """Return the activity class of position (o, p) of a frame of levels with blocks of K."""
     R = levels.shape[1]
     left = abs(levels[o, p - 1]) if p >= 1 else 0
     left2 = abs(levels[o, p - 2]) if p >= 2 else 0
@@ -94,11 +105,7 @@ def _activity_class(levels, o, p, K):
         prev = abs(levels[o, p - K]) if p >= K else 0
     else:
         prev = abs(levels[o - 1, p + 1]) if (o >= 1 and p + 1 < R) else 0
-    s = (2 * min(left, _ACTIVITY_CAP) + min(left2, _ACTIVITY_CAP)
-         + min(up, _ACTIVITY_CAP) + min(prev, _ACTIVITY_CAP))
-    if s == 0:
-        return 0
-    return min(_bit_length(s), N_CLASSES - 1)
+    return class_of_activity(left, left2, up, prev)
 
 
 @njit(cache=True, nogil=True)
@@ -232,7 +239,7 @@ def code_levels(coder, buf, probs, shifts, levels, K, block_coded, targets, rdo_
             if coder[ERROR] != 0:
                 return
             p = positions[j]
-            c = _activity_class(levels, o, p, K)
+            c = activity_class(levels, o, p, K)
             if c == 0:
                 # Run mode: count zeros over the coded positions left in this row.
                 run = 0
@@ -247,7 +254,7 @@ def code_levels(coder, buf, probs, shifts, levels, K, block_coded, targets, rdo_
                 if j >= n:
                     break
                 p = positions[j]
-                c = _activity_class(levels, o, p, K)
+                c = activity_class(levels, o, p, K)
                 if rdo:
                     levels[o, p] = _rdo_level(coder, buf, probs, shifts, levels, o, p, c,
                                               targets[o, p], rdo_lambda, False)
