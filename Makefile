@@ -12,7 +12,7 @@ TORCH_PIN := torch==2.13.0
 DEMO_MODEL := $(firstword $(wildcard ../shared/models/facenet_onet.safetensors) tests/data/facenet_onet.safetensors)
 DEMO_DIR := out/demo
 
-.PHONY: all install demo test bench bench-rd bench-speed clean
+.PHONY: all install demo test bench bench-rd bench-speed bench-accuracy bench-modes clean
 
 all: test
 
@@ -34,9 +34,26 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[test,bench]'
-	$(PY) bench/quality.py
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,plot,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) bench/quality.py --write
+
+bench-modes: $(BENCH_STAMP)
+	$(PY) bench/modes.py --write
+
+bench-rd: $(BENCH_STAMP)
+	$(PY) bench/rd.py --write
+
+bench-speed: $(BENCH_STAMP)
+	$(PY) bench/speed.py --write
+
+bench-accuracy: $(BENCH_STAMP)
+	$(PY) bench/accuracy.py --write
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -13,7 +13,7 @@ Two models of log(rate) are provided:
 
 - ``"polyfit"`` (the reference, as in Bjontegaard's original method): a least-squares cubic
   polynomial (``numpy.polyfit``). A curve of fewer than 4 points with distinct qualities gets
-  the highest degree its points allow (n - 1), and the result says so in ``notes``.
+  the highest degree its points allow (n - 1), and a note in the result records it.
 - ``"pchip"``: piecewise cubic Hermite interpolation with Fritsch-Carlson slopes (the
   shape-preserving interpolant of ``scipy.interpolate.PchipInterpolator``, computed here with
   numpy only). It passes through every point and does not overshoot between them.
@@ -34,7 +34,7 @@ MAX_POLY_DEGREE = 3
 class BdRate:
     """Result of a BD-rate computation.
 
-    ``percent`` is None when no BD-rate exists, and ``reason`` then says why.
+    ``percent`` is None when no BD-rate exists, and ``reason`` then gives the cause.
     ``quality_low`` and ``quality_high`` bound the interval of integration (dB) when the
     curves overlap. ``notes`` lists the adjustments made to the input, such as a reduced
     polynomial degree or dropped points.

@@ -1,5 +1,6 @@
 """Tests of the Bjontegaard delta rate in bench/bdrate.py."""
 
+import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -7,9 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+# Loaded from its file, because putting bench/ on sys.path would let bench/common.py
+# shadow tests/common.py for the other test modules.
+_BDRATE_PATH = Path(__file__).resolve().parent.parent / "bench" / "bdrate.py"
+_spec = importlib.util.spec_from_file_location("bdrate", _BDRATE_PATH)
+bdrate = importlib.util.module_from_spec(_spec)
+sys.modules["bdrate"] = bdrate  # dataclasses look their module up by name
+_spec.loader.exec_module(bdrate)
 
-from bdrate import bd_rate, prepare_curve, rate_at_quality  # noqa: E402
+bd_rate = bdrate.bd_rate
+prepare_curve = bdrate.prepare_curve
+rate_at_quality = bdrate.rate_at_quality
 
 # An RD curve shaped like measured ones, (bits per weight, SQNR dB). Its log rate is not
 # linear in quality, so no fit reproduces it exactly.

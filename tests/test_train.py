@@ -195,7 +195,7 @@ def test_invalid_weight_raises(weight):
         InterLayerLoss(hand_built_model(), weight=weight)
 
 
-@pytest.mark.parametrize("p", [0, 3, 1.5])
+@pytest.mark.parametrize("p", [0, 3, 1.5, True])
 def test_invalid_exponent_raises(p):
     with pytest.raises(ValueError, match="p must be 1 or 2"):
         InterLayerLoss(hand_built_model(), p=p)

@@ -112,7 +112,7 @@ class InterLayerLoss(torch.nn.Module):
     runs over the overlapping collocated blocks, each with its full kernel. Gradients flow
     into both tensors of a pair. Add the result to the task loss::
 
-        inter_layer = InterLayerLoss(model, weight=1e-3)
+        inter_layer = InterLayerLoss(model, weight=10.0)
         loss = criterion(model(x), y) + inter_layer()
 
     Pairs (:attr:`pairs`) are those of :func:`collocated_pairs` on
@@ -123,8 +123,13 @@ class InterLayerLoss(torch.nn.Module):
     fixed target. The pairs are found once, at construction. Build the loss after any
     change to the model's structure.
 
-    ``weight``: factor of the sum (>= 0). ``p``: 1 (mean absolute difference, which drives
-    many differences to near zero) or 2 (mean squared difference). ``include_linear``:
+    ``weight``: factor of the sum (>= 0). Because each pair contributes a mean, the
+    gradient on one element is about ``weight * p * |d| ** (p - 1) / N`` for a pair of N
+    overlapping elements, so larger layers need a larger weight for the same pull. The
+    default 1e-4 barely moves a network of a few hundred thousand weights. On the
+    ResNet-20 of ``bench/accuracy.py`` (SGD, learning rate 0.1) weights 3 to 10 worked.
+    ``p``: 1 (mean absolute difference, which drives many differences to near zero) or 2
+    (mean squared difference). ``include_linear``:
     also pair 2-D weights (linear layers, embeddings), which the encoder predicts from
     each other as frames with 1x1 blocks. By default only tensors with three or more
     dimensions (convolutions) are paired. ``keep``: the ``--keep`` patterns of the
@@ -139,7 +144,7 @@ class InterLayerLoss(torch.nn.Module):
         weight = float(weight)
         if not math.isfinite(weight) or weight < 0:
             raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
-        if p not in EXPONENTS:
+        if isinstance(p, bool) or p not in EXPONENTS:
             raise ValueError(f"p must be 1 or 2, got {p!r}")
         self.weight = weight
         self.p = p

@@ -29,7 +29,7 @@ frame is too small). An index past the end of its frame falls back to the last b
 import numpy as np
 from numba import njit
 
-from wcodec.codec.cabac import ERROR, code_bin, code_bypass_bits
+from wcodec.codec.cabac import MODE, bin_t, bypass_bits_t, load_state, store_state
 
 BLOCK_INTRA = 0
 BLOCK_INTER = 1
@@ -50,24 +50,24 @@ CTX_SLOT = CTX_PRED_HIT + 2
 N_CONTEXTS = CTX_SLOT + MAX_REFS
 
 
-@njit(cache=True, nogil=True)
-def _truncated_binary(coder, buf, value, n):
-    """Code 0 <= value < n in truncated binary with bypass bins; return it."""
+@njit(cache=True, nogil=True, inline="always")
+def _truncated_binary_t(st, mode, buf, value, n):
+    """Code 0 <= value < n in truncated binary with bypass bins; return (value, state)."""
     if n <= 1:
-        return np.int64(0)
+        return np.int64(0), st
     k = 0
     while (np.int64(1) << (k + 1)) <= n:
         k += 1
     short = (np.int64(1) << (k + 1)) - n  # values below this take k bits, the rest k + 1
     head = value if value < short else (value + short) >> 1
-    head = code_bypass_bits(coder, buf, head, k)
+    head, st = bypass_bits_t(st, mode, buf, head, k)
     if head < short:
-        return head
-    extra = code_bypass_bits(coder, buf, (value + short) & 1, 1)
-    return ((head << 1) | extra) - short
+        return head, st
+    extra, st = bypass_bits_t(st, mode, buf, (value + short) & 1, 1)
+    return ((head << 1) | extra) - short, st
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _predicted_reference(modes, slots, indexes, o, i, ref_rows, ref_cols):
     """Return the predicted (slot, index) of block (o, i)."""
     if i > 0 and modes[o, i - 1] != BLOCK_INTRA:
@@ -96,34 +96,46 @@ def code_block_syntax(coder, buf, probs, shifts, ctx_base, frame_mode, modes, si
     ``ref_rows`` and ``ref_cols`` give each reference frame's block rows and columns
     (at least one reference, each with at least one block). ``signs`` contains +1 or -1.
     """
+    mode_ = coder[MODE]
+    st = load_state(coder)
     rows = modes.shape[0]
     cols = modes.shape[1]
     n_refs = ref_rows.shape[0]
     for o in range(rows):
         for i in range(cols):
-            if coder[ERROR] != 0:
+            if st[7] != 0:  # stop at the first inconsistency
+                store_state(coder, st)
                 return
             if frame_mode == FRAME_COLLOCATED and (o >= ref_rows[0] or i >= ref_cols[0]):
                 modes[o, i] = BLOCK_INTRA
                 continue
             left = modes[o, i - 1] if i > 0 else BLOCK_INTRA
             up = modes[o - 1, i] if o > 0 else BLOCK_INTRA
-            near = (1 if left != BLOCK_INTRA else 0) + (1 if up != BLOCK_INTRA else 0)
+            near = 0
+            if left != BLOCK_INTRA:
+                near += 1
+            if up != BLOCK_INTRA:
+                near += 1
             mode = modes[o, i]
-            if code_bin(coder, buf, probs, shifts, ctx_base + CTX_INTER + near,
-                        1 if mode != BLOCK_INTRA else 0) == 0:
+            inter, st = bin_t(st, mode_, buf, probs, shifts, ctx_base + CTX_INTER + near,
+                              1 if mode != BLOCK_INTRA else 0)
+            if inter == 0:
                 modes[o, i] = BLOCK_INTRA
                 continue
-            near_skip = (1 if left == BLOCK_SKIP else 0) + (1 if up == BLOCK_SKIP else 0)
-            skip = code_bin(coder, buf, probs, shifts, ctx_base + CTX_SKIP + near_skip,
-                            1 if mode == BLOCK_SKIP else 0)
+            near_skip = 0
+            if left == BLOCK_SKIP:
+                near_skip += 1
+            if up == BLOCK_SKIP:
+                near_skip += 1
+            skip, st = bin_t(st, mode_, buf, probs, shifts, ctx_base + CTX_SKIP + near_skip,
+                             1 if mode == BLOCK_SKIP else 0)
             modes[o, i] = BLOCK_SKIP if skip else BLOCK_INTER
 
             sign_ctx = 0
             if left != BLOCK_INTRA:
                 sign_ctx = 1 if signs[o, i - 1] > 0 else 2
-            negative = code_bin(coder, buf, probs, shifts, ctx_base + CTX_PRED_SIGN + sign_ctx,
-                                1 if signs[o, i] < 0 else 0)
+            negative, st = bin_t(st, mode_, buf, probs, shifts,
+                                 ctx_base + CTX_PRED_SIGN + sign_ctx, 1 if signs[o, i] < 0 else 0)
             signs[o, i] = -1 if negative else 1
 
             if frame_mode == FRAME_COLLOCATED:
@@ -133,8 +145,8 @@ def code_block_syntax(coder, buf, probs, shifts, ctx_base, frame_mode, modes, si
             slot_hat, index_hat = _predicted_reference(modes, slots, indexes, o, i,
                                                        ref_rows, ref_cols)
             hit = 1 if (slots[o, i] == slot_hat and indexes[o, i] == index_hat) else 0
-            hit = code_bin(coder, buf, probs, shifts,
-                           ctx_base + CTX_PRED_HIT + (1 if left != BLOCK_INTRA else 0), hit)
+            hit, st = bin_t(st, mode_, buf, probs, shifts,
+                            ctx_base + CTX_PRED_HIT + (1 if left != BLOCK_INTRA else 0), hit)
             if hit:
                 slots[o, i] = slot_hat
                 indexes[o, i] = index_hat
@@ -143,10 +155,12 @@ def code_block_syntax(coder, buf, probs, shifts, ctx_base, frame_mode, modes, si
             if frame_mode == FRAME_FULL and n_refs > 1:
                 wanted = slots[o, i]
                 while slot < n_refs - 1:
-                    more = 1 if wanted > slot else 0
-                    if code_bin(coder, buf, probs, shifts, ctx_base + CTX_SLOT + slot, more) == 0:
+                    more, st = bin_t(st, mode_, buf, probs, shifts, ctx_base + CTX_SLOT + slot,
+                                     1 if wanted > slot else 0)
+                    if more == 0:
                         break
                     slot += 1
             slots[o, i] = slot
-            indexes[o, i] = _truncated_binary(coder, buf, indexes[o, i],
-                                              ref_rows[slot] * ref_cols[slot])
+            indexes[o, i], st = _truncated_binary_t(st, mode_, buf, indexes[o, i],
+                                                    ref_rows[slot] * ref_cols[slot])
+    store_state(coder, st)

@@ -16,8 +16,8 @@ range coder), run in one of three modes so that the syntax is written once for a
 
 All arithmetic is on integers, so the same bins give the same bytes on every machine.
 
-Coder state is one ``int64`` array (indexes below) so that jitted code can pass it around
-and a caller can inspect it. ``RANGE`` stays in [2**24, 2**32); ``LOW`` needs 33 bits
+Coder state is one ``int64`` array (indexes below) so that a caller can keep and inspect
+it; the jitted syntax code works on a copy in a tuple (see ``load_state``). ``RANGE`` stays in [2**24, 2**32); ``LOW`` needs 33 bits
 for the carry. The first byte LZMA's scheme emits is always zero and is not stored.
 
 Context models: ``probs`` is an ``int32`` array of shape (n_contexts, 2) with two
@@ -91,12 +91,165 @@ def new_contexts(n_contexts, rates=DEFAULT_RATES):
     return probs, shifts
 
 
+# The hot path works on the coder state as a tuple of integers rather than on the
+# array: Numba keeps a tuple in registers once the helpers are inlined, while every
+# array access would go to memory (about four times slower per bin). The entry points
+# of the syntax modules load the tuple from the array with ``load_state`` and store it
+# back with ``store_state``. Tuple layout: (low, range, cache, pending, pos, cost, bins,
+# error), the array indexes above in that order without MODE.
+
+
+@njit(cache=True, nogil=True, inline="always")
+def load_state(coder):
+    """Return the coder state array as a tuple for the ``*_t`` functions."""
+    return (coder[LOW], coder[RANGE], coder[CACHE], coder[PENDING], coder[POS], coder[COST],
+            coder[BINS], coder[ERROR])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def store_state(coder, st):
+    """Write a state tuple back into the coder state array."""
+    coder[LOW] = st[0]
+    coder[RANGE] = st[1]
+    coder[CACHE] = st[2]
+    coder[PENDING] = st[3]
+    coder[POS] = st[4]
+    coder[COST] = st[5]
+    coder[BINS] = st[6]
+    coder[ERROR] = st[7]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def fail_t(st):
+    """Return the state with the error flag set: the decoder found the stream inconsistent."""
+    return (st[0], st[1], st[2], st[3], st[4], st[5], st[6], np.int64(1))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _code_split_t(st, mode, buf, split, bit):
+    """Code one bin whose zero-subinterval has size ``split``; return (bin, state)."""
+    low, rng, cache, pending, pos, cost, bins, error = st
+    if mode == ENCODE:
+        if bit == 0:
+            rng = split
+        else:
+            low += split
+            rng -= split
+        while rng < _TOP:
+            rng <<= 8
+            if low < 0xFF000000 or low > _MASK32:
+                carry = low >> 32
+                held = cache
+                while True:
+                    if 0 <= pos < buf.shape[0]:
+                        buf[pos] = (held + carry) & 0xFF
+                    pos += 1
+                    held = 0xFF
+                    pending -= 1
+                    if pending == 0:
+                        break
+                cache = (low >> 24) & 0xFF
+            pending += 1
+            low = (low & 0x00FFFFFF) << 8
+    else:
+        if low < split:
+            bit = 0
+            rng = split
+        else:
+            bit = 1
+            low -= split
+            rng -= split
+        if low >= rng:
+            error = 1
+        while rng < _TOP:
+            rng <<= 8
+            byte = np.int64(buf[pos]) if pos < buf.shape[0] else np.int64(0)
+            pos += 1
+            low = ((low << 8) | byte) & _MASK32
+    return bit, (low, rng, cache, pending, pos, cost, bins + 1, error)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def bin_t(st, mode, buf, probs, shifts, ctx, bit):
+    """Code one context-coded bin with context ``ctx`` and adapt the context; return (bin, state).
+
+    ENCODE and ESTIMATE code ``bit``; DECODE ignores it and returns the decoded bin;
+    PEEK adds the cost of ``bit`` and leaves the context unchanged.
+    """
+    p1 = (probs[ctx, 0] + probs[ctx, 1]) >> 1
+    if mode >= ESTIMATE:
+        cost = COST_TABLE[p1] if bit else COST_TABLE[PROB_ONE - p1]
+        st = (st[0], st[1], st[2], st[3], st[4], st[5] + cost, st[6] + 1, st[7])
+        if mode == PEEK:
+            return bit, st
+    else:
+        split = (st[1] * (PROB_ONE - p1)) >> PROB_BITS
+        bit, st = _code_split_t(st, mode, buf, split, bit)
+    if bit:
+        probs[ctx, 0] += (PROB_ONE - probs[ctx, 0]) >> shifts[ctx, 0]
+        probs[ctx, 1] += (PROB_ONE - probs[ctx, 1]) >> shifts[ctx, 1]
+    else:
+        probs[ctx, 0] -= probs[ctx, 0] >> shifts[ctx, 0]
+        probs[ctx, 1] -= probs[ctx, 1] >> shifts[ctx, 1]
+    return bit, st
+
+
+@njit(cache=True, nogil=True, inline="always")
+def bypass_t(st, mode, buf, bit):
+    """Code one bin with probability 1/2; return (bin, state)."""
+    if mode >= ESTIMATE:
+        return bit, (st[0], st[1], st[2], st[3], st[4], st[5] + (1 << COST_BITS), st[6] + 1,
+                     st[7])
+    return _code_split_t(st, mode, buf, st[1] >> 1, bit)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def bypass_bits_t(st, mode, buf, value, n_bits):
+    """Code the ``n_bits`` low bits of ``value`` as bypass bins, most significant first.
+
+    Returns (the bits as an integer, state).
+    """
+    result = np.int64(0)
+    for b in range(n_bits - 1, -1, -1):
+        bit, st = bypass_t(st, mode, buf, (value >> b) & 1)
+        result |= np.int64(bit) << b
+    return result, st
+
+
 @njit(cache=True, nogil=True)
-def _put_byte(coder, buf, value):
-    pos = coder[POS]
-    if 0 <= pos < buf.shape[0]:
-        buf[pos] = value
-    coder[POS] = pos + 1
+def start_decoder(coder, buf):
+    """Load the first four bytes of ``buf`` into a DECODE coder."""
+    code = np.int64(0)
+    for pos in range(4):
+        byte = np.int64(buf[pos]) if pos < buf.shape[0] else np.int64(0)
+        code = (code << 8) | byte
+    coder[POS] = 4
+    coder[LOW] = code
+    coder[RANGE] = _MASK32
+
+
+@njit(cache=True, nogil=True)
+def code_bin(coder, buf, probs, shifts, ctx, bit):
+    """Array-state form of :func:`bin_t`, for callers outside the syntax modules."""
+    bit, st = bin_t(load_state(coder), coder[MODE], buf, probs, shifts, ctx, bit)
+    store_state(coder, st)
+    return bit
+
+
+@njit(cache=True, nogil=True)
+def code_bypass(coder, buf, bit):
+    """Array-state form of :func:`bypass_t`."""
+    bit, st = bypass_t(load_state(coder), coder[MODE], buf, bit)
+    store_state(coder, st)
+    return bit
+
+
+@njit(cache=True, nogil=True)
+def code_bypass_bits(coder, buf, value, n_bits):
+    """Array-state form of :func:`bypass_bits_t`."""
+    result, st = bypass_bits_t(load_state(coder), coder[MODE], buf, value, n_bits)
+    store_state(coder, st)
+    return result
 
 
 @njit(cache=True, nogil=True)
@@ -106,7 +259,10 @@ def _shift_low(coder, buf):
         carry = low >> 32
         held = coder[CACHE]
         while True:
-            _put_byte(coder, buf, (held + carry) & 0xFF)
+            pos = coder[POS]
+            if 0 <= pos < buf.shape[0]:
+                buf[pos] = (held + carry) & 0xFF
+            coder[POS] = pos + 1
             held = 0xFF
             coder[PENDING] -= 1
             if coder[PENDING] == 0:
@@ -114,104 +270,6 @@ def _shift_low(coder, buf):
         coder[CACHE] = (low >> 24) & 0xFF
     coder[PENDING] += 1
     coder[LOW] = (low & 0x00FFFFFF) << 8
-
-
-@njit(cache=True, nogil=True)
-def _next_byte(coder, buf):
-    pos = coder[POS]
-    coder[POS] = pos + 1
-    if pos < buf.shape[0]:
-        return np.int64(buf[pos])
-    return np.int64(0)
-
-
-@njit(cache=True, nogil=True)
-def start_decoder(coder, buf):
-    """Load the first four bytes of ``buf`` into a DECODE coder."""
-    coder[POS] = 0
-    code = np.int64(0)
-    for _ in range(4):
-        code = (code << 8) | _next_byte(coder, buf)
-    coder[LOW] = code
-    coder[RANGE] = _MASK32
-
-
-@njit(cache=True, nogil=True)
-def _code_split(coder, buf, split, bit):
-    """Code one bin whose zero-subinterval has size ``split``; return the bin."""
-    mode = coder[MODE]
-    rng = coder[RANGE]
-    if mode == ENCODE:
-        if bit == 0:
-            rng = split
-        else:
-            coder[LOW] += split
-            rng -= split
-        while rng < _TOP:
-            rng <<= 8
-            _shift_low(coder, buf)
-    else:
-        code = coder[LOW]
-        if code < split:
-            bit = 0
-            rng = split
-        else:
-            bit = 1
-            code -= split
-            rng -= split
-        if code >= rng:
-            coder[ERROR] = 1
-        while rng < _TOP:
-            rng <<= 8
-            code = ((code << 8) | _next_byte(coder, buf)) & _MASK32
-        coder[LOW] = code
-    coder[RANGE] = rng
-    return bit
-
-
-@njit(cache=True, nogil=True)
-def code_bin(coder, buf, probs, shifts, ctx, bit):
-    """Code one context-coded bin with context ``ctx`` and adapt the context; return the bin.
-
-    ENCODE and ESTIMATE code ``bit``; DECODE ignores it and returns the decoded bin.
-    """
-    p1 = (probs[ctx, 0] + probs[ctx, 1]) >> 1
-    mode = coder[MODE]
-    if mode >= ESTIMATE:
-        coder[COST] += COST_TABLE[p1] if bit else COST_TABLE[PROB_ONE - p1]
-        if mode == PEEK:
-            return bit
-    else:
-        split = (coder[RANGE] * (PROB_ONE - p1)) >> PROB_BITS
-        bit = _code_split(coder, buf, split, bit)
-    coder[BINS] += 1
-    if bit:
-        probs[ctx, 0] += (PROB_ONE - probs[ctx, 0]) >> shifts[ctx, 0]
-        probs[ctx, 1] += (PROB_ONE - probs[ctx, 1]) >> shifts[ctx, 1]
-    else:
-        probs[ctx, 0] -= probs[ctx, 0] >> shifts[ctx, 0]
-        probs[ctx, 1] -= probs[ctx, 1] >> shifts[ctx, 1]
-    return bit
-
-
-@njit(cache=True, nogil=True)
-def code_bypass(coder, buf, bit):
-    """Code one bin with probability 1/2; return the bin."""
-    coder[BINS] += 1
-    if coder[MODE] >= ESTIMATE:
-        coder[COST] += 1 << COST_BITS
-        return bit
-    return _code_split(coder, buf, coder[RANGE] >> 1, bit)
-
-
-@njit(cache=True, nogil=True)
-def code_bypass_bits(coder, buf, value, n_bits):
-    """Code the ``n_bits`` low bits of ``value`` as bypass bins, most significant first; return them."""
-    result = np.int64(0)
-    for b in range(n_bits - 1, -1, -1):
-        bit = code_bypass(coder, buf, (value >> b) & 1)
-        result |= np.int64(bit) << b
-    return result
 
 
 @njit(cache=True, nogil=True)

@@ -40,10 +40,10 @@ import numpy as np
 from numba import njit
 
 from wcodec.codec import cabac
-from wcodec.codec.cabac import (BINS, COST, COST_BITS, DECODE, ERROR, MODE, PEEK, code_bin,
-                                code_bypass_bits)
+from wcodec.codec.cabac import (COST_BITS, DECODE, MODE, PEEK, bin_t, bypass_bits_t, fail_t,
+                                load_state, store_state)
 from wcodec.codec.quantization import DQ_TRANSITIONS
-from wcodec.codec.runlength import RUN_CONTEXTS, code_zero_run
+from wcodec.codec.runlength import RUN_CONTEXTS, zero_run_t
 
 N_CLASSES = 16
 N_GT = 6  # unary part of the quotient
@@ -109,78 +109,83 @@ def activity_class(levels, o, p, K):
 
 
 @njit(cache=True, nogil=True)
-def _code_exp_golomb(coder, buf, probs, shifts, ctx_base, value):
-    """Code ``value`` >= 0 as order-0 Exp-Golomb with context-coded prefix; return it."""
+def _exp_golomb_t(st, mode, buf, probs, shifts, ctx_base, value):
+    """Code ``value`` >= 0 as order-0 Exp-Golomb with context-coded prefix; return (value, state)."""
     prefix = 0
     while True:
-        more = 1 if value >= (np.int64(2) << prefix) - 1 else 0
         ctx = ctx_base + min(prefix, N_ESCAPE_PREFIX - 1)
-        if code_bin(coder, buf, probs, shifts, ctx, more) == 0:
+        more, st = bin_t(st, mode, buf, probs, shifts, ctx,
+                         1 if value >= (np.int64(2) << prefix) - 1 else 0)
+        if more == 0:
             break
         prefix += 1
         if prefix > MAX_ESCAPE_PREFIX:
-            coder[ERROR] = 1  # no valid stream has a prefix this long
-            return np.int64(0)
+            return np.int64(0), fail_t(st)  # no valid stream has a prefix this long
     base = (np.int64(1) << prefix) - 1
-    return base + code_bypass_bits(coder, buf, value - base, prefix)
+    suffix, st = bypass_bits_t(st, mode, buf, value - base, prefix)
+    return base + suffix, st
 
 
 @njit(cache=True, nogil=True)
-def _code_level_value(coder, buf, probs, shifts, levels, o, p, c, q, level):
-    """Code sign and magnitude of a nonzero level at (o, p) in activity class c; return it.
+def _level_value_t(st, mode, buf, probs, shifts, levels, o, p, c, quantizer, level):
+    """Code sign and magnitude of a nonzero level at (o, p) in activity class c.
 
-    ``q`` is the quantizer (0 or 1) of dependent quantization, 0 for uniform quantization.
+    ``quantizer`` is the quantizer (0 or 1) of dependent quantization, 0 for uniform
+    quantization. Returns (level, state).
     """
     left = levels[o, p - 1] if p >= 1 else 0
     up = levels[o - 1, p] if o >= 1 else 0
     sign_ctx = CTX_SIGN + 3 * (_sign(left) + 1) + _sign(up) + 1
-    negative = code_bin(coder, buf, probs, shifts, sign_ctx, 1 if level < 0 else 0)
+    negative, st = bin_t(st, mode, buf, probs, shifts, sign_ctx, 1 if level < 0 else 0)
 
     m = abs(level) - 1
     k = max(0, c - RICE_OFFSET)
-    q_value = m >> k
-    q = np.int64(0)
-    gt_base = CTX_GT + (q * N_CLASSES + c) * N_GT
-    while q < N_GT:
-        if code_bin(coder, buf, probs, shifts, gt_base + q, 1 if q_value > q else 0) == 0:
+    wanted = m >> k
+    quotient = np.int64(0)
+    gt_base = CTX_GT + (quantizer * N_CLASSES + c) * N_GT
+    while quotient < N_GT:
+        greater, st = bin_t(st, mode, buf, probs, shifts, gt_base + quotient,
+                            1 if wanted > quotient else 0)
+        if greater == 0:
             break
-        q += 1
-    if q == N_GT:
+        quotient += 1
+    if quotient == N_GT:
         group = min(c * N_ESCAPE_GROUPS // N_CLASSES, N_ESCAPE_GROUPS - 1)
-        q += _code_exp_golomb(coder, buf, probs, shifts,
-                              CTX_ESCAPE + group * N_ESCAPE_PREFIX, q_value - N_GT)
+        escape, st = _exp_golomb_t(st, mode, buf, probs, shifts,
+                                   CTX_ESCAPE + group * N_ESCAPE_PREFIX, wanted - N_GT)
+        quotient += escape
 
     low = np.int64(0)
     if k > 0:
         low_ctx = CTX_LOW + 3 * c
-        top = code_bin(coder, buf, probs, shifts, low_ctx, (m >> (k - 1)) & 1)
+        top, st = bin_t(st, mode, buf, probs, shifts, low_ctx, (m >> (k - 1)) & 1)
         low = np.int64(top) << (k - 1)
         if k > 1:
-            second = code_bin(coder, buf, probs, shifts, low_ctx + 1 + top, (m >> (k - 2)) & 1)
+            second, st = bin_t(st, mode, buf, probs, shifts, low_ctx + 1 + top,
+                               (m >> (k - 2)) & 1)
             low |= np.int64(second) << (k - 2)
-            low |= code_bypass_bits(coder, buf, m, k - 2)
-    magnitude = (q << k) + low + 1
+            rest, st = bypass_bits_t(st, mode, buf, m, k - 2)
+            low |= rest
+    magnitude = (quotient << k) + low + 1
     if magnitude > MAX_LEVEL:
-        coder[ERROR] = 1
+        st = fail_t(st)
         magnitude = 1
-    return -magnitude if negative else magnitude
+    return (-magnitude if negative else magnitude), st
 
 
 @njit(cache=True, nogil=True)
-def _rdo_level(coder, buf, probs, shifts, levels, o, p, c, target, lam, allow_zero):
+def _rdo_level(st, probs, shifts, levels, o, p, c, target, lam, allow_zero):
     """Return the level near ``target`` (in units of the step) with the least D + lam * R.
 
     D = (target - level)**2 and R is the bits the level costs with the current context
-    states, priced in PEEK mode. The candidates are the rounded level already in
-    ``levels``, the level one step closer to zero, and zero when ``allow_zero``.
+    states, priced in PEEK mode, which changes neither the contexts nor ``st``. The
+    candidates are the rounded level already in ``levels``, the level one step closer to
+    zero, and zero when ``allow_zero``.
     """
     rounded = levels[o, p]
-    mode = coder[MODE]
-    cost = coder[COST]
-    bins = coder[BINS]
-    coder[MODE] = PEEK
     best = rounded
     best_j = np.inf
+    no_output = np.zeros(0, dtype=np.uint8)
     for n in range(3):
         if n == 0:
             candidate = rounded
@@ -194,19 +199,18 @@ def _rdo_level(coder, buf, probs, shifts, levels, o, p, c, target, lam, allow_ze
             if not allow_zero or rounded == 0 or abs(rounded) == 1:
                 continue
             candidate = 0
-        coder[COST] = 0
+        trial = (st[0], st[1], st[2], st[3], st[4], np.int64(0), st[6], st[7])
         if allow_zero:
-            code_bin(coder, buf, probs, shifts, CTX_SIG + c, 1 if candidate != 0 else 0)
+            _, trial = bin_t(trial, PEEK, no_output, probs, shifts, CTX_SIG + c,
+                             1 if candidate != 0 else 0)
         if candidate != 0:
-            _code_level_value(coder, buf, probs, shifts, levels, o, p, c, 0, candidate)
+            _, trial = _level_value_t(trial, PEEK, no_output, probs, shifts, levels, o, p, c, 0,
+                                      candidate)
         error = target - candidate
-        j = error * error + lam * (coder[COST] / (1 << COST_BITS))
+        j = error * error + lam * (trial[5] / (1 << COST_BITS))
         if j < best_j:
             best_j = j
             best = candidate
-    coder[MODE] = mode
-    coder[COST] = cost
-    coder[BINS] = bins
     return best
 
 
@@ -223,9 +227,11 @@ def code_levels(coder, buf, probs, shifts, levels, K, block_coded, targets, rdo_
     With ``dependent`` true the levels are dependent-quantization levels: the coder
     follows the quantizer state machine and selects sig and gt contexts by quantizer.
     """
+    mode = coder[MODE]
+    st = load_state(coder)
     O = levels.shape[0]
     R = levels.shape[1]
-    rdo = rdo_lambda > 0 and coder[MODE] != DECODE
+    rdo = rdo_lambda > 0 and mode != DECODE
     positions = np.empty(R, dtype=np.int64)
     for o in range(O):
         n = 0
@@ -236,17 +242,18 @@ def code_levels(coder, buf, probs, shifts, levels, K, block_coded, targets, rdo_
         state = 0
         j = 0
         while j < n:
-            if coder[ERROR] != 0:
+            if st[7] != 0:
+                store_state(coder, st)
                 return
             p = positions[j]
             c = activity_class(levels, o, p, K)
             if c == 0:
                 # Run mode: count zeros over the coded positions left in this row.
                 run = 0
-                if coder[MODE] != DECODE:
+                if mode != DECODE:
                     while j + run < n and levels[o, positions[j + run]] == 0:
                         run += 1
-                run = code_zero_run(coder, buf, probs, shifts, CTX_RUN, run, n - j, j == 0)
+                run, st = zero_run_t(st, mode, buf, probs, shifts, CTX_RUN, run, n - j, j == 0)
                 j += run
                 if dependent:
                     for _ in range(run):
@@ -256,23 +263,25 @@ def code_levels(coder, buf, probs, shifts, levels, K, block_coded, targets, rdo_
                 p = positions[j]
                 c = activity_class(levels, o, p, K)
                 if rdo:
-                    levels[o, p] = _rdo_level(coder, buf, probs, shifts, levels, o, p, c,
-                                              targets[o, p], rdo_lambda, False)
-                levels[o, p] = _code_level_value(coder, buf, probs, shifts, levels, o, p, c,
-                                                 state & 1, levels[o, p])
+                    levels[o, p] = _rdo_level(st, probs, shifts, levels, o, p, c, targets[o, p],
+                                              rdo_lambda, False)
+                levels[o, p], st = _level_value_t(st, mode, buf, probs, shifts, levels, o, p, c,
+                                                  state & 1, levels[o, p])
             else:
                 if rdo:
-                    levels[o, p] = _rdo_level(coder, buf, probs, shifts, levels, o, p, c,
-                                              targets[o, p], rdo_lambda, True)
-                q = state & 1
-                significant = code_bin(coder, buf, probs, shifts, CTX_SIG + q * N_CLASSES + c,
-                                       1 if levels[o, p] != 0 else 0)
+                    levels[o, p] = _rdo_level(st, probs, shifts, levels, o, p, c, targets[o, p],
+                                              rdo_lambda, True)
+                quantizer = state & 1
+                significant, st = bin_t(st, mode, buf, probs, shifts,
+                                        CTX_SIG + quantizer * N_CLASSES + c,
+                                        1 if levels[o, p] != 0 else 0)
                 if significant:
-                    levels[o, p] = _code_level_value(coder, buf, probs, shifts, levels, o, p, c,
-                                                     q, levels[o, p])
+                    levels[o, p], st = _level_value_t(st, mode, buf, probs, shifts, levels, o, p,
+                                                      c, quantizer, levels[o, p])
             if dependent:
                 state = DQ_TRANSITIONS[state, levels[o, p] & 1]
             j += 1
+    store_state(coder, st)
 
 
 _NO_TARGETS = np.zeros((0, 0), dtype=np.float64)

@@ -20,7 +20,7 @@ coded positions left (the current one included):
 import numpy as np
 from numba import njit
 
-from wcodec.codec.cabac import code_bin, code_bypass
+from wcodec.codec.cabac import bin_t, bypass_t
 
 N_RUN_PREFIX = 16
 N_RUN_MSB = 16
@@ -28,33 +28,35 @@ RUN_CONTEXTS = 2 + N_RUN_PREFIX + N_RUN_MSB
 
 
 @njit(cache=True, nogil=True)
-def code_zero_run(coder, buf, probs, shifts, ctx_base, run, remaining, row_start):
-    """Code a zero run of length ``run`` out of ``remaining`` positions; return the run.
+def zero_run_t(st, mode, buf, probs, shifts, ctx_base, run, remaining, row_start):
+    """Code a zero run of length ``run`` out of ``remaining`` positions; return (run, state).
 
     DECODE ignores ``run`` and returns the decoded one, which never exceeds ``remaining``.
     """
     eor_ctx = ctx_base + (0 if row_start else 1)
-    if code_bin(coder, buf, probs, shifts, eor_ctx, 1 if run == remaining else 0):
-        return remaining
+    end, st = bin_t(st, mode, buf, probs, shifts, eor_ctx, 1 if run == remaining else 0)
+    if end:
+        return remaining, st
     run_max = remaining - 1
     if run_max == 0:
-        return np.int64(0)
+        return np.int64(0), st
 
     prefix_base = ctx_base + 2
-    exponent = 0
-    if code_bin(coder, buf, probs, shifts, prefix_base, 1 if run >= 1 else 0) == 0:
-        return np.int64(0)
+    nonzero, st = bin_t(st, mode, buf, probs, shifts, prefix_base, 1 if run >= 1 else 0)
+    if nonzero == 0:
+        return np.int64(0), st
     exponent = 1
     while (np.int64(1) << exponent) <= run_max:
         ctx = prefix_base + min(exponent, N_RUN_PREFIX - 1)
-        more = 1 if run >= (np.int64(1) << exponent) else 0
-        if code_bin(coder, buf, probs, shifts, ctx, more) == 0:
+        more, st = bin_t(st, mode, buf, probs, shifts, ctx,
+                         1 if run >= (np.int64(1) << exponent) else 0)
+        if more == 0:
             break
         exponent += 1
 
     base = np.int64(1) << (exponent - 1)
     if exponent < 2:
-        return base
+        return base, st
     max_offset = min(base - 1, run_max - base)
     offset = run - base
     result = np.int64(0)
@@ -66,10 +68,10 @@ def code_zero_run(coder, buf, probs, shifts, ctx_base, run, remaining, row_start
             continue
         wanted = (offset >> b) & 1
         if first:
-            bit = code_bin(coder, buf, probs, shifts, msb_ctx, wanted)
+            bit, st = bin_t(st, mode, buf, probs, shifts, msb_ctx, wanted)
             first = False
         else:
-            bit = code_bypass(coder, buf, wanted)
+            bit, st = bypass_t(st, mode, buf, wanted)
         if bit:
             result = candidate
-    return base + result
+    return base + result, st
