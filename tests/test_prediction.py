@@ -226,3 +226,28 @@ def test_stats_reports_frames(tmp_path):
     assert stats["tensors"][0]["frame_mode"] == "intra"
     assert stats["tensors"][0]["bits_non_texture"] == 0
     assert BLOCK_INTER == 1
+
+
+@pytest.mark.parametrize("options", [{"mode": "intra"}, {"mode": "auto"},
+                                     {"mode": "full", "quantizer": "dependent"}])
+def test_jobs_do_not_change_output(tmp_path, options):
+    rng = np.random.default_rng(12)
+    tensors = {}
+    for group, shape in (("a", (16, 8, 3, 3)), ("b", (24, 12)), ("c", (8, 4, 5))):
+        for n, frame in enumerate(_chain(rng, [shape] * 3)):
+            tensors[f"{group}.{n}.weight"] = torch.tensor(frame, dtype=torch.float32)
+    tensors["tied"] = tensors["a.0.weight"].clone()
+    source = write_safetensors(tmp_path / "m.safetensors", tensors)
+    outputs = []
+    for jobs in (1, 2, 3):
+        out = tmp_path / f"jobs{jobs}.wbs"
+        wcodec.encode_file(source, out, jobs=jobs, **options)
+        outputs.append(out.read_bytes())
+    decoded = [wcodec.load(tmp_path / "jobs1.wbs", jobs=jobs) for jobs in (1, 2, 4)]
+
+    assert outputs[1] == outputs[0]
+    assert outputs[2] == outputs[0]
+    for other in decoded[1:]:
+        assert list(other) == list(decoded[0])
+        for name in decoded[0]:
+            assert torch.equal(other[name], decoded[0][name]), name

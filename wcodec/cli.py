@@ -116,16 +116,19 @@ def cli(verbose):
 @click.option("--rdoq", is_flag=True,
               help="Rate-distortion optimized uniform quantization: a level may move one step "
                    "towards zero where that saves enough bits (error up to 1.5 steps).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Worker threads that code independent tensors in parallel  [default: all "
+                   "cores]. The output does not depend on it.")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
-def encode(src, dst, qp, keep, mode, order, quantizer, rdoq, force):
+def encode(src, dst, qp, keep, mode, order, quantizer, rdoq, jobs, force):
     """Encode the safetensors file SRC into a .wbs file."""
 
     def action():
         total = _tensor_count(src)
         with _Progress("encoding", total) as progress:
             header = encoder.encode_file(src, dst, qp=qp, keep=keep, mode=mode, order=order,
-                                         quantizer=quantizer, rdoq=rdoq, force=force,
-                                         progress=progress)
+                                         quantizer=quantizer, rdoq=rdoq, jobs=jobs,
+                                         force=force, progress=progress)
         size = os.path.getsize(dst)
         weights = sum(r.num_elements for r in header.tensors)
         bpw = 8 * size / weights if weights else 0.0
@@ -139,15 +142,18 @@ def encode(src, dst, qp, keep, mode, order, quantizer, rdoq, force):
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "dst", required=True, type=click.Path(dir_okay=False),
               help="Path of the safetensors file to write.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Worker threads that decode independent tensors in parallel  [default: all "
+                   "cores].")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
-def decode(src, dst, force):
+def decode(src, dst, jobs, force):
     """Decode the .wbs file SRC into a safetensors file."""
 
     def action():
         with decoder.open_wbs(src) as wbs:
             total = len(wbs.header.tensors)
         with _Progress("decoding", total) as progress:
-            header = decoder.decode_file(src, dst, force=force, progress=progress)
+            header = decoder.decode_file(src, dst, jobs=jobs, force=force, progress=progress)
         click.echo(f"{dst}: {len(header.tensors)} tensors, {os.path.getsize(dst)} bytes")
 
     _run(action)

@@ -7,12 +7,14 @@ decoder's own consistency checks run after it.
 
 import mmap
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
 
 from wcodec.codec import cabac, frame_coder, frames, quantization, residual_coding
 from wcodec.errors import InputError, WbsFormatError
+from wcodec.jobs import check_jobs
 from wcodec.formats import container, dtypes
 from wcodec.formats.atomic import atomic_output
 from wcodec.formats.safetensors_io import SafetensorsWriter, TensorInfo
@@ -114,62 +116,107 @@ class WbsFile:
         self._check_coder(record, coder, payload)
         return recon, levels, syntax
 
-    def iter_tensors(self):
-        """Yield ``(index, tensor)`` in coding order, keeping only what later records reference."""
-        header = self.header
-        aliased = {record.alias_of for record in header.tensors
-                   if record.coding_mode == container.MODE_ALIAS}
-        order = header.coding_order()
+    def decode_record(self, index, dependencies):
+        """Decode record ``index``; return (tensor, reference or None).
+
+        ``dependencies`` maps the indexes this record names (its alias source or its
+        references) to what decoding them returned. The reference is the reconstruction
+        (O, I, K) in float64 that later frames predict from, for frames only.
+        """
+        record = self.header.tensors[index]
+        mode = record.coding_mode
+        if mode == container.MODE_ALIAS:
+            return dependencies[record.alias_of][0], None
+        if mode == container.MODE_RAW:
+            return dtypes.tensor_from_bytes(self.payload(index), record.dtype, record.shape), None
+        if self.is_frame(index):
+            references = {ref: dependencies[ref][1] for ref in record.refs}
+            recon, _, _ = self.decode_frame(index, references)
+            tensor = dtypes.reconstruction_to_tensor(recon.reshape(record.shape), record.dtype,
+                                                     record.shape)
+            return tensor, dtypes.tensor_to_float64(tensor).reshape(recon.shape)
+        levels = self.levels(index)
+        if mode == container.MODE_INTEGER:
+            try:
+                tensor = dtypes.int64_to_tensor(levels.reshape(record.shape), record.dtype,
+                                                record.shape)
+            except ValueError as error:
+                raise WbsFormatError(f"{self.path}: tensor {record.name!r}: payload: "
+                                     f"{error}") from None
+            return tensor, None
+        values = quantization.dequantize(levels, self._step(record))
+        return dtypes.reconstruction_to_tensor(values.reshape(record.shape), record.dtype,
+                                               record.shape), None
+
+    def _dependencies(self, index):
+        record = self.header.tensors[index]
+        if record.coding_mode == container.MODE_ALIAS:
+            return (record.alias_of,)
+        if record.coding_mode == container.MODE_QUANTIZED:
+            return tuple(record.refs)
+        return ()
+
+    def iter_tensors(self, jobs=1):
+        """Yield ``(index, tensor)`` in coding order.
+
+        With ``jobs`` > 1, worker threads decode up to ``2 * jobs`` records ahead of the
+        one yielded, each once the records it depends on are decoded; the results are the
+        same as with one job. Only results that later records still need are kept.
+        """
+        order = self.header.coding_order()
         last_use = {}
         for position, index in enumerate(order):
-            record = header.tensors[index]
-            if record.coding_mode == container.MODE_QUANTIZED:
-                for ref in record.refs:
-                    last_use[ref] = position
-        decoded = {}
-        references = {}
-        for position, index in enumerate(order):
-            record = header.tensors[index]
-            mode = record.coding_mode
-            if mode == container.MODE_ALIAS:
-                tensor = decoded[record.alias_of]
-            elif mode == container.MODE_RAW:
-                tensor = dtypes.tensor_from_bytes(self.payload(index), record.dtype,
-                                                  record.shape)
-            elif self.is_frame(index):
-                recon, _, _ = self.decode_frame(index, references)
-                tensor = dtypes.reconstruction_to_tensor(recon.reshape(record.shape), record.dtype,
-                                                  record.shape)
+            for dependency in self._dependencies(index):
+                last_use[dependency] = position
+        results = {}
+        if jobs <= 1:
+            for position, index in enumerate(order):
+                deps = {d: results[d] for d in self._dependencies(index)}
+                result = self.decode_record(index, deps)
                 if index in last_use:
-                    references[index] = dtypes.tensor_to_float64(tensor).reshape(recon.shape)
-                for ref in record.refs:
-                    if last_use[ref] == position:
-                        del references[ref]
-            elif mode == container.MODE_INTEGER:
-                levels = self.levels(index)
-                try:
-                    tensor = dtypes.int64_to_tensor(levels.reshape(record.shape), record.dtype,
-                                                    record.shape)
-                except ValueError as error:
-                    raise WbsFormatError(f"{self.path}: tensor {record.name!r}: payload: "
-                                         f"{error}") from None
-            else:
-                values = quantization.dequantize(self.levels(index), self._step(record))
-                tensor = dtypes.reconstruction_to_tensor(values.reshape(record.shape), record.dtype,
-                                                  record.shape)
-            if index in aliased:
-                decoded[index] = tensor
-            yield index, tensor
+                    results[index] = result
+                for dependency in deps:
+                    if last_use[dependency] == position:
+                        del results[dependency]
+                yield index, result[0]
+            return
+
+        futures = {}
+
+        def decode_after_dependencies(index):
+            deps = {d: futures[d].result() for d in self._dependencies(index)}
+            return self.decode_record(index, deps)
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            submitted = 0
+            try:
+                for position, index in enumerate(order):
+                    while submitted < len(order) and submitted <= position + 2 * jobs:
+                        ahead = order[submitted]
+                        futures[ahead] = pool.submit(decode_after_dependencies, ahead)
+                        submitted += 1
+                    tensor = futures[index].result()[0]
+                    if index not in last_use:
+                        del futures[index]
+                    for dependency in self._dependencies(index):
+                        if last_use[dependency] == position and dependency in futures:
+                            del futures[dependency]
+                    yield index, tensor
+            finally:
+                for future in futures.values():
+                    future.cancel()
 
 
-def load(path):
+def load(path, jobs=None):
     """Decode a ``.wbs`` file into a dict of torch tensors in the original order and dtypes.
 
     Every name gets its own tensor, also where the file stores tied tensors once, so an
-    in-place edit of one never changes another.
+    in-place edit of one never changes another. ``jobs`` worker threads decode in
+    parallel (default: every core available).
     """
+    jobs = check_jobs(jobs)
     with open_wbs(path) as wbs:
-        tensors = dict(wbs.iter_tensors())
+        tensors = dict(wbs.iter_tensors(jobs))
         header = wbs.header
         result = {}
         for index, record in enumerate(header.tensors):
@@ -180,17 +227,19 @@ def load(path):
         return result
 
 
-def decode_file(src, dst, *, force=False, progress=None):
+def decode_file(src, dst, *, jobs=None, force=False, progress=None):
     """Decode the ``.wbs`` file ``src`` into the safetensors file ``dst``; return the header.
 
+    ``jobs`` worker threads decode in parallel (default: every core available).
     ``progress``, when given, is called with the tensor name after each tensor.
     """
+    jobs = check_jobs(jobs)
     with open_wbs(src) as wbs:
         header = wbs.header
         infos = [TensorInfo(r.name, r.dtype, tuple(r.shape)) for r in header.tensors]
         with atomic_output(dst, force=force, inputs=(src,)) as tmp_path:
             with SafetensorsWriter(tmp_path, infos, header.metadata) as writer:
-                for index, tensor in wbs.iter_tensors():
+                for index, tensor in wbs.iter_tensors(jobs):
                     writer.write(header.tensors[index].name, dtypes.tensor_to_bytes(tensor))
                     if progress is not None:
                         progress(header.tensors[index].name)

@@ -25,6 +25,8 @@ import fnmatch
 import hashlib
 import logging
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +35,7 @@ from wcodec.codec import frame_coder, frames, ordering, prediction, quantization
 from wcodec.codec.block_syntax import (FRAME_ADJACENT, FRAME_COLLOCATED, FRAME_FULL,
                                        FRAME_INTRA)
 from wcodec.errors import InputError
+from wcodec.jobs import check_jobs
 from wcodec.formats import container, dtypes
 from wcodec.formats.atomic import atomic_output
 from wcodec.formats.safetensors_io import SafetensorsReader
@@ -139,23 +142,27 @@ class FrameHistory:
         del frames_of_shape[:-self.window]
 
 
-def _encode_frame(info, values, qp, options, history):
-    """Code a frame in the frame modes the options and its references allow; keep the smallest."""
+def _encode_frame(info, values, qp, options, history, pool=None):
+    """Code a frame in the frame modes the options and its references allow; keep the smallest.
+
+    With a thread ``pool`` the candidate modes are coded in parallel; the choice is the
+    same, because candidates are compared in a fixed order and a tie keeps the first.
+    """
     shape = tuple(info.shape)
     step = quantization.qp_to_step(qp)
     blocks = values.reshape(shape[0], shape[1], -1)
     kernel = ordering.kernel_shape(shape)
     available = history.references(kernel)
-    best = None
     candidates = _FRAME_MODES[options.mode] if available else (FRAME_INTRA,)
-    for frame_mode in candidates:
+    quantizer = QUANTIZERS.index(options.quantizer)
+
+    def code(frame_mode):
         if frame_mode == FRAME_INTRA:
             refs = []
         elif frame_mode == FRAME_FULL:
             refs = available[:FULL_SEARCH_WINDOW]
         else:
             refs = available[:1]
-        quantizer = QUANTIZERS.index(options.quantizer)
         result = frame_coder.encode_frame(blocks, step, frame_mode, [r for _, r in refs],
                                           options.max_candidates,
                                           RDOQ_LAMBDA if options.rdoq else 0.0, quantizer)
@@ -163,20 +170,29 @@ def _encode_frame(info, values, qp, options, history):
                                         qp=qp, quantizer=quantizer, frame_mode=frame_mode,
                                         refs=tuple(index for index, _ in refs),
                                         pred_gain=result.gain_num)
+        return record, result
+
+    if pool is not None and len(candidates) > 1:
+        outcomes = [future.result() for future in [pool.submit(code, m) for m in candidates]]
+    else:
+        outcomes = [code(m) for m in candidates]
+    best = None
+    for record, result in outcomes:
         size = len(result.payload) + _mode_header_bytes(record)
         logger.debug("tensor %r: %s frame, %d bytes", info.name,
-                     frame_coder.FRAME_MODE_NAMES[frame_mode], size)
+                     frame_coder.FRAME_MODE_NAMES[record.frame_mode], size)
         if best is None or size < best[0]:
             best = (size, record, result)
     _, record, result = best
     return record, result.payload, result.reconstruction
 
 
-def encode_tensor(info, tensor, options, history=None):
+def encode_tensor(info, tensor, options, history=None, pool=None):
     """Return ``(record, payload, reconstruction)`` for one tensor.
 
     ``reconstruction`` is the decoded frame (O, I, K) as float64 values of the tensor's
     dtype, for frames; None otherwise. Payload offset and checksum are left unset.
+    ``pool`` (a thread pool) lets the candidate frame modes of auto run in parallel.
     """
     kind = dtypes.dtype_by_name(info.dtype).kind
     shape = tuple(info.shape)
@@ -204,7 +220,7 @@ def encode_tensor(info, tensor, options, history=None):
             return (*_raw_record(info, tensor), None)
         if len(shape) >= 2:
             record, payload, recon = _encode_frame(info, values, qp, options,
-                                                   history or FrameHistory())
+                                                   history or FrameHistory(), pool)
             rounded = dtypes.reconstruction_to_tensor(recon.reshape(shape), info.dtype, shape)
             recon = dtypes.tensor_to_float64(rounded).reshape(recon.shape)
             return record, payload, recon
@@ -225,49 +241,120 @@ def encode_tensor(info, tensor, options, history=None):
     return record, payload, None
 
 
+def _find_aliases(reader, infos, coding_order, options):
+    """Return {index: earlier index} for tensors equal in dtype, shape and bytes to an earlier one.
+
+    Kept tensors alias only kept tensors, so that an alias is always bit-exact.
+    """
+    aliases = {}
+    seen = {}
+    for index in coding_order:
+        info = infos[index]
+        raw = dtypes.tensor_to_bytes(reader.read(info.name))
+        key = (info.dtype, tuple(info.shape), is_kept(info.name, options),
+               hashlib.sha256(raw).digest())
+        if key in seen:
+            aliases[index] = seen[key]
+        else:
+            seen[key] = index
+    return aliases
+
+
+def _coding_tasks(infos, coding_order, aliases, options):
+    """Split the tensors to code into tasks that may run in parallel, each a list of indexes.
+
+    Frames that may predict one another (same kernel shape) share a task and run in coding
+    order, because each needs the reconstructions of those before it. With the intra mode
+    no frame references another, so every tensor is a task of its own.
+    """
+    tasks = []
+    chains = {}
+    for index in coding_order:
+        if index in aliases:
+            continue
+        info = infos[index]
+        if options.mode != "intra" and ordering.is_frame(info):
+            kernel = ordering.kernel_shape(info.shape)
+            if kernel not in chains:
+                chains[kernel] = []
+                tasks.append(chains[kernel])
+            chains[kernel].append(index)
+        else:
+            tasks.append([index])
+    return tasks
+
+
 def encode_file(src, dst, *, qp=quantization.DEFAULT_QP, keep=(), mode=DEFAULT_MODE,
                 order=ordering.DEFAULT_ORDER, max_candidates=prediction.DEFAULT_MAX_CANDIDATES,
-                quantizer="uniform", rdoq=False, force=False, progress=None):
+                quantizer="uniform", rdoq=False, jobs=None, force=False, progress=None):
     """Encode the safetensors file ``src`` into the ``.wbs`` file ``dst``; return the header.
 
-    ``progress``, when given, is called with the tensor name after each tensor.
-    Raises InputError for unreadable input, invalid options, or an output that may not
-    be written.
+    ``jobs`` worker threads code independent tensors in parallel (default: every core
+    available); the output is the same for every ``jobs``. ``progress``, when given, is
+    called with the tensor name after each tensor. Raises InputError for unreadable
+    input, invalid options, or an output that may not be written.
     """
     options = EncodeOptions(qp=int(qp), keep=tuple(keep), mode=mode, order=order,
                             max_candidates=int(max_candidates), quantizer=quantizer,
                             rdoq=bool(rdoq))
+    jobs = check_jobs(jobs)
     with SafetensorsReader(src) as reader:
         infos = reader.tensors
         header = container.WbsHeader(reader.metadata)
         header.tensors = [None] * len(infos)
-        payloads = []
-        seen = {}
-        history = FrameHistory()
+        read_lock = threading.Lock()
+
+        def read(index):
+            with read_lock:
+                return reader.read(infos[index].name)
+
         with atomic_output(dst, force=force, inputs=(src,)) as tmp_path:
             coding_order = ordering.order_tensors(
-                infos, options.order,
-                load=lambda i: dtypes.tensor_to_float64(reader.read(infos[i].name)))
-            for index in coding_order:
-                info = infos[index]
-                tensor = reader.read(info.name)
-                raw = dtypes.tensor_to_bytes(tensor)
-                # Kept tensors alias only kept tensors, so that an alias is always bit-exact.
-                key = (info.dtype, tuple(info.shape), is_kept(info.name, options),
-                       hashlib.sha256(raw).digest())
-                if key in seen:
-                    record = container.TensorRecord(info.name, info.dtype, tuple(info.shape),
-                                                    container.MODE_ALIAS, alias_of=seen[key])
-                    payload = b""
-                else:
-                    seen[key] = index
-                    record, payload, recon = encode_tensor(info, tensor, options, history)
+                infos, options.order, load=lambda i: dtypes.tensor_to_float64(read(i)))
+            aliases = _find_aliases(reader, infos, coding_order, options)
+            payloads = {}
+            progress_lock = threading.Lock()
+
+            def run_task(indexes):
+                history = FrameHistory()
+                for index in indexes:
+                    info = infos[index]
+                    record, payload, recon = encode_tensor(info, read(index), options, history,
+                                                           mode_pool)
                     if recon is not None:
                         history.add(ordering.kernel_shape(info.shape), index, recon)
-                header.tensors[index] = record
-                payloads.append((index, payload))
+                    header.tensors[index] = record
+                    payloads[index] = payload
+                    if progress is not None:
+                        with progress_lock:
+                            progress(info.name)
+
+            # The candidate frame modes get a pool of their own: tasks of the main pool
+            # wait for them, and waiting on one's own pool could leave no free worker.
+            mode_pool = ThreadPoolExecutor(max_workers=jobs) if jobs > 1 else None
+            tasks = _coding_tasks(infos, coding_order, aliases, options)
+            # Long chains first, so that one late chain does not leave the other workers idle.
+            tasks.sort(key=len, reverse=True)
+            try:
+                if jobs == 1 or len(tasks) <= 1:
+                    for task in tasks:
+                        run_task(task)
+                else:
+                    with ThreadPoolExecutor(max_workers=jobs) as pool:
+                        for future in [pool.submit(run_task, task) for task in tasks]:
+                            future.result()
+            finally:
+                if mode_pool is not None:
+                    mode_pool.shutdown()
+            for index, source in aliases.items():
+                info = infos[index]
+                header.tensors[index] = container.TensorRecord(
+                    info.name, info.dtype, tuple(info.shape), container.MODE_ALIAS,
+                    alias_of=source)
+                payloads[index] = b""
                 if progress is not None:
                     progress(info.name)
             with open(tmp_path, "wb") as stream:
-                container.write_container(stream, header, payloads)
+                container.write_container(stream, header,
+                                          [(index, payloads[index]) for index in coding_order])
     return header
