@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from wcodec import analysis, decoder, encoder, stats
+from wcodec import analysis, decoder, encoder, rate_control, stats
 from wcodec.codec import ordering, quantization
 from wcodec.errors import InputError, WbsFormatError, WcodecError
 from wcodec.formats import container
@@ -72,6 +72,18 @@ class _Progress:
             self.bar.update(1, name)
 
 
+def _parse_qp_for(item):
+    """Split a --qp-for value PATTERN=QP at its last '='."""
+    pattern, separator, value = item.rpartition("=")
+    try:
+        qp = int(value)
+    except ValueError:
+        qp = None
+    if not separator or not pattern or qp is None:
+        raise InputError(f"--qp-for {item!r} is not PATTERN=QP with an integer QP")
+    return pattern, qp
+
+
 def _tensor_count(path):
     from wcodec.formats.safetensors_io import SafetensorsReader
 
@@ -92,9 +104,18 @@ def cli(verbose):
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "dst", required=True, type=click.Path(dir_okay=False),
               help="Path of the .wbs file to write.")
-@click.option("--qp", type=int, default=quantization.DEFAULT_QP, show_default=True,
+@click.option("--qp", type=int, default=None,
               help="Quantization parameter: step = (4 + qp mod 4) * 2^(floor(qp/4) - 2), "
-                   "as in MPEG NNC; lower is finer.")
+                   f"as in MPEG NNC; lower is finer.  [default: {quantization.DEFAULT_QP}]")
+@click.option("--bpw", type=float, default=None,
+              help="Instead of --qp: reach this many bits per weight over the whole file "
+                   "(within 2%) by searching qp per tensor. Costs about ten encodes.")
+@click.option("--sqnr", type=float, default=None,
+              help="Instead of --qp: reach this SQNR in dB over the floating tensors with two "
+                   "or more dimensions (within 0.2 dB) by searching qp per tensor.")
+@click.option("--qp-for", "qp_for", multiple=True, metavar="PATTERN=QP",
+              help="Use QP for tensors whose name matches PATTERN (glob or regular expression, "
+                   "as --keep); the first match wins. Repeatable.")
 @click.option("--keep", multiple=True, metavar="PATTERN",
               help="Store tensors whose name matches PATTERN (a glob, or a regular expression "
                    "matching the whole name) bit-exact. Repeatable.")
@@ -120,20 +141,35 @@ def cli(verbose):
               help="Worker threads that code independent tensors in parallel  [default: all "
                    "cores]. The output does not depend on it.")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
-def encode(src, dst, qp, keep, mode, order, quantizer, rdoq, jobs, force):
+def encode(src, dst, qp, bpw, sqnr, qp_for, keep, mode, order, quantizer, rdoq, jobs, force):
     """Encode the safetensors file SRC into a .wbs file."""
 
     def action():
-        total = _tensor_count(src)
-        with _Progress("encoding", total) as progress:
-            header = encoder.encode_file(src, dst, qp=qp, keep=keep, mode=mode, order=order,
-                                         quantizer=quantizer, rdoq=rdoq, jobs=jobs,
-                                         force=force, progress=progress)
+        targets = [name for name, value in (("--qp", qp), ("--bpw", bpw), ("--sqnr", sqnr))
+                   if value is not None]
+        if len(targets) > 1:
+            raise InputError(f"{' and '.join(targets)} exclude each other; give one of them")
+        overrides = tuple(_parse_qp_for(item) for item in qp_for)
+        options = dict(keep=keep, mode=mode, order=order, quantizer=quantizer, rdoq=rdoq,
+                       qp_for=overrides, jobs=jobs)
+        if bpw is not None or sqnr is not None:
+            result = rate_control.encode_to_target(src, dst, bpw=bpw, sqnr=sqnr, force=force,
+                                                   **options)
+            header = result.header
+            reached = f", SQNR {result.sqnr_db:.2f} dB" if result.sqnr_db is not None else ""
+            click.echo(f"rate control: {result.trials} trial encodes, "
+                       f"{result.bits_per_weight:.3f} bits per weight{reached}")
+        else:
+            total = _tensor_count(src)
+            with _Progress("encoding", total) as progress:
+                header = encoder.encode_file(
+                    src, dst, qp=quantization.DEFAULT_QP if qp is None else qp,
+                    force=force, progress=progress, **options)
         size = os.path.getsize(dst)
         weights = sum(r.num_elements for r in header.tensors)
-        bpw = 8 * size / weights if weights else 0.0
+        rate = 8 * size / weights if weights else 0.0
         click.echo(f"{dst}: {len(header.tensors)} tensors, {weights} weights, {size} bytes, "
-                   f"{bpw:.3f} bits per weight")
+                   f"{rate:.3f} bits per weight")
 
     _run(action)
 

@@ -69,6 +69,23 @@ class EncodeOptions:
     max_candidates: int = prediction.DEFAULT_MAX_CANDIDATES
     quantizer: str = "uniform"
     rdoq: bool = False
+    qp_for: tuple = ()
+    qp_map: tuple = ()
+
+    def tensor_qp(self, name, shape):
+        """Return the qp of a floating tensor.
+
+        An exact entry of ``qp_map`` (name, qp) wins, then the first ``qp_for`` entry
+        (pattern, qp) whose pattern matches the name (see :func:`matches_pattern`); else
+        ``qp`` for two or more dimensions and ``qp + FINE_QP_OFFSET`` for fewer.
+        """
+        for exact, qp in self.qp_map:
+            if exact == name:
+                return qp
+        for pattern, qp in self.qp_for:
+            if matches_pattern(name, pattern):
+                return qp
+        return self.qp if len(shape) >= 2 else self.qp + quantization.FINE_QP_OFFSET
 
     def __post_init__(self):
         try:
@@ -80,6 +97,12 @@ class EncodeOptions:
         for pattern in self.keep:
             if not isinstance(pattern, str) or not pattern:
                 raise InputError(f"keep pattern {pattern!r} must be a non-empty string")
+        for pattern, qp in tuple(self.qp_for) + tuple(self.qp_map):
+            if not isinstance(pattern, str) or not pattern:
+                raise InputError(f"qp pattern {pattern!r} must be a non-empty string")
+            if not quantization.QP_MIN <= qp <= quantization.QP_MAX:
+                raise InputError(f"qp {qp} for {pattern!r} is outside [{quantization.QP_MIN}, "
+                                 f"{quantization.QP_MAX}]")
         if self.mode not in PREDICTION_MODES:
             raise InputError(f"unknown prediction mode {self.mode!r}; valid modes are "
                              f"{', '.join(PREDICTION_MODES)}")
@@ -202,7 +225,7 @@ def encode_tensor(info, tensor, options, history=None, pool=None):
         mode = container.MODE_QUANTIZED if kind == "float" else container.MODE_INTEGER
         qp = 0
         if kind == "float":
-            qp = options.qp if len(shape) >= 2 else options.qp + quantization.FINE_QP_OFFSET
+            qp = options.tensor_qp(info.name, shape)
         return container.TensorRecord(info.name, info.dtype, shape, mode, qp=qp), b"", None
 
     geometry = frames.frame_geometry(shape)
@@ -212,7 +235,7 @@ def encode_tensor(info, tensor, options, history=None, pool=None):
             logger.warning("tensor %r holds NaN or Inf; storing it bit-exact instead of "
                            "quantizing it", info.name)
             return (*_raw_record(info, tensor), None)
-        qp = options.qp if len(shape) >= 2 else options.qp + quantization.FINE_QP_OFFSET
+        qp = options.tensor_qp(info.name, shape)
         step = quantization.qp_to_step(qp)
         if np.abs(values).max() / step >= residual_coding.MAX_LEVEL:
             logger.info("tensor %r has values too large for qp %d; storing it bit-exact",
@@ -286,17 +309,21 @@ def _coding_tasks(infos, coding_order, aliases, options):
 
 def encode_file(src, dst, *, qp=quantization.DEFAULT_QP, keep=(), mode=DEFAULT_MODE,
                 order=ordering.DEFAULT_ORDER, max_candidates=prediction.DEFAULT_MAX_CANDIDATES,
-                quantizer="uniform", rdoq=False, jobs=None, force=False, progress=None):
+                quantizer="uniform", rdoq=False, qp_for=(), qp_map=None, jobs=None, force=False,
+                progress=None):
     """Encode the safetensors file ``src`` into the ``.wbs`` file ``dst``; return the header.
 
-    ``jobs`` worker threads code independent tensors in parallel (default: every core
-    available); the output is the same for every ``jobs``. ``progress``, when given, is
+    ``qp_for`` lists (pattern, qp) overrides, the first match winning; ``qp_map`` maps exact
+    tensor names to qp and wins over both (rate control uses it). ``jobs`` worker threads
+    code independent tensors in parallel (default: every core available); the output is
+    the same for every ``jobs``. ``progress``, when given, is
     called with the tensor name after each tensor. Raises InputError for unreadable
     input, invalid options, or an output that may not be written.
     """
     options = EncodeOptions(qp=int(qp), keep=tuple(keep), mode=mode, order=order,
                             max_candidates=int(max_candidates), quantizer=quantizer,
-                            rdoq=bool(rdoq))
+                            rdoq=bool(rdoq), qp_for=tuple((p, int(q)) for p, q in qp_for),
+                            qp_map=tuple(sorted((qp_map or {}).items())))
     jobs = check_jobs(jobs)
     with SafetensorsReader(src) as reader:
         infos = reader.tensors

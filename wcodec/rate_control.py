@@ -1,0 +1,273 @@
+"""Rate control: encode to a target bits per weight or a target SQNR instead of a qp.
+
+Both targets are met by searching the quantization parameter, first one qp for every
+frame (floating tensor with two or more dimensions), then a mix of two neighbouring
+qps: the frames, largest first, move one by one to the coarser qp (for a rate target)
+or to the finer qp (for a quality target) until the target is crossed. A single integer
+qp changes the rate by about a quarter bit per weight, so the mix is what lands within
+a few percent. Its granularity is the share of the largest frame in the model, so where
+that is too coarse, up to REFINE_ROUNDS more rounds move the smallest frames one more qp
+towards the target, again bisecting on how many move.
+
+Each trial is a full encode to a temporary file (and, for SQNR, a decode), so rate
+control costs ten to twenty encodes. Tensors with fewer than two dimensions keep the step
+64 times finer than the base qp, as in a plain encode.
+
+Definitions: bits per weight = 8 * file size / number of elements of all tensors; SQNR
+= 10 log10(sum of squared weights / sum of squared errors) over the floating tensors
+with at least two dimensions.
+"""
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from wcodec.codec import ordering, quantization
+from wcodec.decoder import load
+from wcodec.encoder import encode_file
+from wcodec.errors import InputError
+from wcodec.formats import dtypes
+from wcodec.formats.atomic import atomic_output
+from wcodec.formats.safetensors_io import SafetensorsReader
+
+logger = logging.getLogger(__name__)
+
+BPW_TOLERANCE = 0.02  # relative
+SQNR_TOLERANCE_DB = 0.2
+REFINE_ROUNDS = 2
+SEARCH_QP_MIN = -80
+SEARCH_QP_MAX = 32
+
+
+@dataclass
+class RateControlResult:
+    """The outcome of rate control: the header written, what it reached and the qps chosen."""
+
+    header: object
+    bits_per_weight: float
+    sqnr_db: float | None
+    qp_per_tensor: dict = field(default_factory=dict)
+    trials: int = 0
+
+
+class _Evaluator:
+    """Encodes trials into a scratch folder and measures them."""
+
+    def __init__(self, src, options, need_sqnr):
+        self.src = src
+        self.options = options
+        self.trials = 0
+        self.scratch = tempfile.TemporaryDirectory(prefix="wcodec-rate-")
+        with SafetensorsReader(src) as reader:
+            self.infos = reader.tensors
+            self.weights = sum(info.numel for info in self.infos)
+            self.frames = [info for info in self.infos if ordering.is_frame(info)]
+            self.originals = {}
+            if need_sqnr:
+                for info in self.frames:
+                    self.originals[info.name] = dtypes.tensor_to_float64(reader.read(info.name))
+        self.signal = sum(float(np.square(v).sum()) for v in self.originals.values())
+
+    def measure(self, base_qp, qp_map):
+        """Encode with ``qp_map`` (name -> qp) over ``base_qp``; return (bpw, sqnr, path)."""
+        self.trials += 1
+        path = os.path.join(self.scratch.name, f"trial{self.trials}.wbs")
+        header = encode_file(self.src, path, qp=base_qp, qp_map=qp_map, force=True,
+                             **self.options)
+        bpw = 8 * os.path.getsize(path) / self.weights if self.weights else 0.0
+        sqnr = None
+        if self.originals:
+            decoded = load(path)
+            error = 0.0
+            for name, original in self.originals.items():
+                restored = dtypes.tensor_to_float64(decoded[name])
+                error += float(np.square(original - restored).sum())
+            sqnr = float("inf") if error == 0 else 10 * np.log10(self.signal / error)
+        logger.info("trial %d: base qp %d, %d overrides: %.4f bpw, SQNR %s", self.trials,
+                    base_qp, len(qp_map), bpw, "-" if sqnr is None else f"{sqnr:.2f} dB")
+        return bpw, sqnr, path, header
+
+    def close(self):
+        self.scratch.cleanup()
+
+
+def _uniform_map(frames, qp):
+    return {info.name: qp for info in frames}
+
+
+def encode_to_target(src, dst, *, bpw=None, sqnr=None, force=False, **options):
+    """Encode ``src`` into ``dst`` at a target ``bpw`` or ``sqnr`` (dB); return the result.
+
+    ``options`` are further keywords of :func:`wcodec.encode_file` except ``qp``.
+    Raises InputError when neither or both targets are given, or when the target lies
+    outside what qp in [SEARCH_QP_MIN, SEARCH_QP_MAX] reaches.
+    """
+    if (bpw is None) == (sqnr is None):
+        raise InputError("give exactly one of a bits-per-weight target and an SQNR target")
+    if bpw is not None and not bpw > 0:
+        raise InputError(f"bits per weight target must be positive, found {bpw}")
+    if "qp" in options:
+        raise InputError("a rate target replaces qp; do not pass both")
+    with atomic_output(dst, force=force, inputs=(src,)) as tmp_path:
+        evaluator = _Evaluator(src, options, need_sqnr=sqnr is not None)
+        try:
+            result = _search(evaluator, bpw, sqnr)
+            os.replace(result.pop("path"), tmp_path)
+        finally:
+            evaluator.close()
+    return RateControlResult(result["header"], result["bpw"], result["sqnr"],
+                             result["qp_map"], evaluator.trials)
+
+
+def _value(measured, bpw_target):
+    """Return the measured quantity that the target constrains."""
+    bpw, sqnr = measured[0], measured[1]
+    return bpw if bpw_target is not None else sqnr
+
+
+def _search(evaluator, bpw_target, sqnr_target):
+    frames = evaluator.frames
+    if not frames:
+        raise InputError("rate control needs at least one floating tensor with two or more "
+                         "dimensions to adjust")
+    # Both bits and SQNR fall as qp rises. Find the finest qp q whose value is on the
+    # cheap side of the target: bits <= target, or SQNR >= target for the largest q.
+    target = bpw_target if bpw_target is not None else sqnr_target
+    cache = {}
+
+    def at(qp):
+        if qp not in cache:
+            cache[qp] = evaluator.measure(qp, _uniform_map(frames, qp))
+        return cache[qp]
+
+    def satisfied(measured):
+        if bpw_target is not None:
+            return measured[0] <= bpw_target
+        return measured[1] >= sqnr_target
+
+    low, high = SEARCH_QP_MIN, SEARCH_QP_MAX
+    if bpw_target is not None:
+        # The smallest qp whose rate is at most the target.
+        if not satisfied(at(high)):
+            raise InputError(f"{bpw_target} bits per weight is below what qp {high} reaches "
+                             f"({at(high)[0]:.3f})")
+        if satisfied(at(low)):
+            return _result(at(low), _uniform_map(frames, low))
+        while high - low > 1:
+            middle = (low + high) // 2
+            if satisfied(at(middle)):
+                high = middle
+            else:
+                low = middle
+        fine, coarse = low, high  # fine misses the target, coarse meets it
+    else:
+        # The largest qp whose SQNR is at least the target.
+        if not satisfied(at(low)):
+            raise InputError(f"SQNR {sqnr_target} dB is above what qp {low} reaches "
+                             f"({at(low)[1]:.2f} dB)")
+        if satisfied(at(high)):
+            return _result(at(high), _uniform_map(frames, high))
+        while high - low > 1:
+            middle = (low + high) // 2
+            if satisfied(at(middle)):
+                low = middle
+            else:
+                high = middle
+        fine, coarse = low, high  # fine meets the target, coarse misses it
+
+    # Mix the two qps: move the largest frames first, so that few moves span the gap,
+    # and bisect on how many move.
+    by_size = sorted(frames, key=lambda info: (-info.numel, info.name))
+
+    def mixed(count):
+        qp_map = _uniform_map(frames, fine)
+        for info in by_size[:count]:
+            qp_map[info.name] = coarse
+        return qp_map
+
+    mix_cache = {0: at(fine)}
+
+    def mixed_at(count):
+        if count not in mix_cache:
+            mix_cache[count] = evaluator.measure(fine, mixed(count))
+        return mix_cache[count]
+
+    # mixed_at(count) is monotone: more frames at the coarse qp give fewer bits and less
+    # SQNR. Find the boundary between counts that meet the target and counts that miss it.
+    missing, meeting = (0, len(by_size)) if bpw_target is not None else (len(by_size), 0)
+    while abs(meeting - missing) > 1:
+        middle = (meeting + missing) // 2
+        if satisfied(mixed_at(middle)):
+            meeting = middle
+        else:
+            missing = middle
+    # Keep whichever of the two neighbours lies closer to the target.
+    best = min((meeting, missing),
+               key=lambda c: abs(_value(mixed_at(c), bpw_target) - target) / abs(target))
+    qp_map, measured = mixed(best), mixed_at(best)
+    for _ in range(REFINE_ROUNDS):
+        if _within_tolerance(measured, bpw_target, sqnr_target):
+            break
+        qp_map, measured = _refine(evaluator, fine, frames, qp_map, measured, bpw_target,
+                                   sqnr_target)
+    if not _within_tolerance(measured, bpw_target, sqnr_target):
+        logger.warning("rate control reached %.4g for a target of %.4g: the frames are too few "
+                       "or too unequal in size for a finer split", _value(measured, bpw_target),
+                       target)
+    return _result(measured, qp_map)
+
+
+def _within_tolerance(measured, bpw_target, sqnr_target):
+    if bpw_target is not None:
+        return abs(measured[0] - bpw_target) <= BPW_TOLERANCE * bpw_target
+    return abs(measured[1] - sqnr_target) <= SQNR_TOLERANCE_DB
+
+
+def _refine(evaluator, base_qp, frames, qp_map, measured, bpw_target, sqnr_target):
+    """Move the smallest frames one qp further towards the target; return (qp_map, measured).
+
+    Smallest first makes each move a small change, so the bisection on how many frames
+    move can land between the coarse steps of the first mix.
+    """
+    target = bpw_target if bpw_target is not None else sqnr_target
+    too_high = _value(measured, bpw_target) > target
+    # More bits or more SQNR than wanted: coarser (+1); otherwise finer (-1).
+    direction = 1 if too_high else -1
+    by_size = sorted(frames, key=lambda info: (info.numel, info.name))
+    cache = {0: measured}
+
+    def moved(count):
+        result = dict(qp_map)
+        for info in by_size[:count]:
+            result[info.name] = int(np.clip(result[info.name] + direction,
+                                            quantization.QP_MIN, quantization.QP_MAX))
+        return result
+
+    def at(count):
+        if count not in cache:
+            cache[count] = evaluator.measure(base_qp, moved(count))
+        return cache[count]
+
+    def crossed(count):
+        return (_value(at(count), bpw_target) > target) != too_high
+
+    low, high = 0, len(by_size)
+    if not crossed(high):
+        return moved(high), at(high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if crossed(middle):
+            high = middle
+        else:
+            low = middle
+    best = min((low, high), key=lambda c: abs(_value(at(c), bpw_target) - target))
+    return moved(best), at(best)
+
+
+def _result(measured, qp_map):
+    bpw, sqnr, path, header = measured
+    return {"bpw": bpw, "sqnr": sqnr, "path": path, "header": header,
+            "qp_map": dict(qp_map)}
