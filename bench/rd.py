@@ -7,8 +7,10 @@ dimensions (``common.sqnr_db``). Methods:
 
 - ``wcodec intra`` and ``wcodec auto``: ``wcodec.encode_file`` with that prediction mode,
   rate from the size of the ``.wbs`` file;
-- ``wcodec intra+rdoq`` and ``wcodec auto+rdoq``: the same with ``rdoq=True``, only when
-  ``encode_file`` accepts that keyword;
+- ``wcodec intra+rdoq``: intra with ``rdoq=True`` (rate-distortion optimized uniform
+  quantization);
+- ``wcodec intra+dq`` and ``wcodec auto+dq``: dependent quantization
+  (``quantizer="dependent"``), the tool NNCodec uses by default;
 - ``NNCodec``: NNCodec (bench/anchors/nncodec.py) at its defaults, including dependent
   quantization and qp -75 for tensors with fewer than 2 dimensions (``--nncodec-nonweight-offset
   -24`` gives them wcodec's qp - 24 instead), rate from the size of its bitstream;
@@ -101,11 +103,10 @@ def wcodec_supports_rdoq():
     return "rdoq" in inspect.signature(wcodec.encode_file).parameters
 
 
-def code_wcodec(model, qp, mode, rdoq, workdir):
-    """Encode and decode a model with wcodec; return its Point."""
+def code_wcodec(model, qp, options, workdir):
+    """Encode and decode a model with wcodec and the given encode options; return its Point."""
     out = os.path.join(workdir, "model.wbs")
-    options = {"rdoq": True} if rdoq else {}
-    wcodec.encode_file(model.path, out, qp=qp, mode=mode, force=True, **options)
+    wcodec.encode_file(model.path, out, qp=qp, force=True, **options)
     decoded = {name: tensor.numpy() for name, tensor in wcodec.load(out).items()}
     bpw = 8 * os.path.getsize(out) / model.weights
     return Point(qp, bpw, common.sqnr_db(model.arrays, decoded))
@@ -199,13 +200,14 @@ def code_nncodec(model, qp, cache):
 def method_coders(rdoq, cache, workdir):
     """Return {method label: function(model, qp) -> Point}, NNCodec first."""
     coders = {REFERENCE: lambda model, qp: code_nncodec(model, qp, cache)}
-    for mode in ("intra", "auto"):
-        coders[f"wcodec {mode}"] = (
-            lambda model, qp, mode=mode: code_wcodec(model, qp, mode, False, workdir))
+    variants = {"wcodec intra": {"mode": "intra"}, "wcodec auto": {"mode": "auto"}}
     if rdoq:
-        for mode in ("intra", "auto"):
-            coders[f"wcodec {mode}+rdoq"] = (
-                lambda model, qp, mode=mode: code_wcodec(model, qp, mode, True, workdir))
+        variants["wcodec intra+rdoq"] = {"mode": "intra", "rdoq": True}
+    variants["wcodec intra+dq"] = {"mode": "intra", "quantizer": "dependent"}
+    variants["wcodec auto+dq"] = {"mode": "auto", "quantizer": "dependent"}
+    for label, options in variants.items():
+        coders[label] = (lambda model, qp, options=options: code_wcodec(model, qp, options,
+                                                                        workdir))
     coders["uniform+zstd"] = code_uniform_zstd
     return coders
 
@@ -348,7 +350,7 @@ def plot_model(model, curves, results, path):
             label += f" (BD-rate {format_percent(results[method])})"
         if method == REFERENCE:
             style = {"color": "black", "marker": "o", "linestyle": "-"}
-        elif "rdoq" in method:
+        elif "rdoq" in method or "dq" in method:
             style = {"marker": markers[index % len(markers)], "linestyle": "--"}
         elif "zstd" in method:
             style = {"marker": markers[index % len(markers)], "linestyle": ":"}

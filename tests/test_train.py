@@ -32,7 +32,7 @@ def two_convs(first, second):
 
 
 def hand_built_model():
-    """conv1 (2, 1, 1, 2) and conv2 (2, 2, 1, 2); they overlap on conv2[:, :1]."""
+    """Return conv1 (2, 1, 1, 2) and conv2 (2, 2, 1, 2), which overlap on conv2[:, :1]."""
     first = np.array([[[[1.0, 2.0]]],
                       [[[3.0, 4.0]]]])
     second = np.array([[[[1.5, 2.0]], [[9.0, 9.0]]],

@@ -159,8 +159,9 @@ class InterLayerLoss(torch.nn.Module):
                       if tensors[name].ndim >= min_ndim]
         self._tensor_pairs = [(tensors[name], tensors[ref]) for name, ref in self.pairs]
         if not self.pairs:
-            logger.warning("InterLayerLoss found no pair of compatible weights in %s; the "
-                           "loss is always 0", type(model).__name__)
+            logger.warning("InterLayerLoss found no pair of weights with equal kernel shapes "
+                           "in %s, so the loss is always 0 (include_linear=%s)",
+                           type(model).__name__, include_linear)
 
     def forward(self) -> torch.Tensor:
         total = None

@@ -23,7 +23,7 @@ from the frequencies of the first pass. lambda = LAMBDA_FACTOR * step**2, the sl
 of the rate-distortion curve of a uniform quantizer at high rate (2 ln 2 / 12 = 0.1155).
 A block whose inter residual quantizes to all zeros is coded as skip, so every block
 stays within step / 2 of its weights. The frame gain is the least-squares fit of the
-predictions of the first pass, rounded to 1/64.
+predictions of the first pass, rounded to 1/64, or 1 when that gives a lower total cost.
 """
 
 from dataclasses import dataclass
@@ -150,7 +150,11 @@ def _block_cost(x, pred_factor, ref, step, inv_step, level_cost, tail_slope, out
 def _decide(cur, step, lam, gain, frame_mode, ref_blocks, offsets, ref_rows, ref_cols,
             best_index, best_sign, level_cost, tail_slope, mode_cost, sign_cost, hit_cost,
             miss_cost, slot_cost, modes, signs, slots, indexes, levels):
-    """Choose a mode, sign and reference for every block; fill the syntax arrays and levels."""
+    """Choose a mode, sign and reference for every block; fill the syntax arrays and levels.
+
+    Returns the sum of the chosen blocks' costs J.
+    """
+    total = 0.0
     rows = modes.shape[0]
     cols = modes.shape[1]
     k = cur.shape[1]
@@ -175,6 +179,7 @@ def _decide(cur, step, lam, gain, frame_mode, ref_blocks, offsets, ref_rows, ref
             if frame_mode == block_syntax.FRAME_COLLOCATED and not collocated_ok:
                 modes[o, i] = BLOCK_INTRA
                 levels[b] = best_levels
+                total += best_j
                 continue
 
             n_cand = 0
@@ -233,6 +238,8 @@ def _decide(cur, step, lam, gain, frame_mode, ref_blocks, offsets, ref_rows, ref
             if best_mode == BLOCK_SKIP:
                 best_levels[:] = 0
             levels[b] = best_levels
+            total += best_j
+    return total
 
 
 def _frequency_costs(values, n, floor=0.5):
@@ -263,29 +270,41 @@ def _decide_frame(cur, step, frame_mode, refs, max_candidates):
         if frame_mode == block_syntax.FRAME_FULL else np.zeros(len(refs))
     gain_num = prediction.GAIN_DENOMINATOR
 
-    for decision_pass in range(2):
+    def run(gain):
         syntax = BlockSyntax(np.zeros((rows, cols), np.int8), np.ones((rows, cols), np.int8),
                              np.zeros((rows, cols), np.int64), np.zeros((rows, cols), np.int64))
         levels = np.zeros((rows * cols, k), dtype=np.int64)
-        _decide(blocks, step, lam, gain_num / prediction.GAIN_DENOMINATOR, frame_mode,
-                ref_blocks, offsets, ref_rows, ref_cols, best_index, best_sign, level_cost,
-                tail_slope, mode_cost, sign_cost, hit_cost, miss_cost, slot_cost,
-                syntax.modes, syntax.signs, syntax.slots, syntax.indexes, levels)
-        if decision_pass == 1:
-            break
-        inter = (syntax.modes != BLOCK_INTRA).reshape(-1)
-        # Re-estimate costs and gain from this pass's decisions for the final pass.
-        level_cost = _level_cost_table(levels)
-        mode_cost = _frequency_costs(syntax.modes.astype(np.int64), 3)
-        sign_cost = _frequency_costs((syntax.signs.reshape(-1)[inter] < 0).astype(np.int64), 2)
-        if inter.any():
-            predicted = ref_blocks[_global_indexes(syntax, offsets).reshape(-1)[inter]]
-            predicted = predicted * syntax.signs.reshape(-1)[inter, None]
-            energy = float((predicted * predicted).sum())
-            if energy > 0:
-                fit = float((blocks[inter] * predicted).sum()) / energy
-                gain_num = int(np.clip(round(fit * prediction.GAIN_DENOMINATOR),
-                                       prediction.GAIN_MIN, prediction.GAIN_MAX))
+        total = _decide(blocks, step, lam, gain / prediction.GAIN_DENOMINATOR, frame_mode,
+                        ref_blocks, offsets, ref_rows, ref_cols, best_index, best_sign,
+                        level_cost, tail_slope, mode_cost, sign_cost, hit_cost, miss_cost,
+                        slot_cost, syntax.modes, syntax.signs, syntax.slots, syntax.indexes,
+                        levels)
+        return total, syntax, levels
+
+    _, syntax, levels = run(gain_num)
+    # Re-estimate costs and gain from the first pass's decisions for the final pass.
+    inter = (syntax.modes != BLOCK_INTRA).reshape(-1)
+    level_cost = _level_cost_table(levels)
+    mode_cost = _frequency_costs(syntax.modes.astype(np.int64), 3)
+    sign_cost = _frequency_costs((syntax.signs.reshape(-1)[inter] < 0).astype(np.int64), 2)
+    gains = [prediction.GAIN_DENOMINATOR]
+    if inter.any():
+        predicted = ref_blocks[_global_indexes(syntax, offsets).reshape(-1)[inter]]
+        predicted = predicted * syntax.signs.reshape(-1)[inter, None]
+        energy = float((predicted * predicted).sum())
+        if energy > 0:
+            fit = float((blocks[inter] * predicted).sum()) / energy
+            gains.append(int(np.clip(round(fit * prediction.GAIN_DENOMINATOR),
+                                     prediction.GAIN_MIN, prediction.GAIN_MAX)))
+    # A few outlying blocks can pull the least-squares gain away from 1 while most blocks
+    # copy their reference exactly, so the final pass also tries gain 1 and keeps the
+    # cheaper of the two.
+    best = None
+    for gain in dict.fromkeys(gains):
+        total, syntax, levels = run(gain)
+        if best is None or total < best[0]:
+            best = (total, syntax, levels, gain)
+    _, syntax, levels, gain_num = best
     return syntax, levels, gain_num
 
 
