@@ -17,6 +17,7 @@ from wcodec import analysis, decoder, encoder, rate_control, stats
 from wcodec.codec import ordering, quantization
 from wcodec.errors import InputError, WbsFormatError, WcodecError
 from wcodec.formats import container
+from wcodec.formats.inputs import check_regular_file
 
 EXIT_INPUT = 1
 EXIT_FORMAT = 2
@@ -70,6 +71,13 @@ class _Progress:
     def __call__(self, name):
         if self.bar is not None:
             self.bar.update(1, name)
+
+
+def _limits(max_output_gib):
+    """Return decoder limits with the given output size in GiB (None keeps the default)."""
+    if max_output_gib is None:
+        return container.DecodeLimits()
+    return container.DecodeLimits(max_output_bytes=int(max_output_gib * (1 << 30)))
 
 
 def _parse_qp_for(item):
@@ -181,15 +189,20 @@ def encode(src, dst, qp, bpw, sqnr, qp_for, keep, mode, order, quantizer, rdoq, 
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Worker threads that decode independent tensors in parallel  [default: all "
                    "cores].")
+@click.option("--max-output-size", "max_output", type=click.FloatRange(min=0), default=None,
+              help="Reject files that declare more than this many GiB of tensors  [default: "
+                   "64]. Lower it for files from untrusted sources.")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
-def decode(src, dst, jobs, force):
+def decode(src, dst, jobs, max_output, force):
     """Decode the .wbs file SRC into a safetensors file."""
 
     def action():
-        with decoder.open_wbs(src) as wbs:
+        limits = _limits(max_output)
+        with decoder.open_wbs(src, limits) as wbs:
             total = len(wbs.header.tensors)
         with _Progress("decoding", total) as progress:
-            header = decoder.decode_file(src, dst, jobs=jobs, force=force, progress=progress)
+            header = decoder.decode_file(src, dst, jobs=jobs, limits=limits, force=force,
+                                         progress=progress)
         click.echo(f"{dst}: {len(header.tensors)} tensors, {os.path.getsize(dst)} bytes")
 
     _run(action)
@@ -208,7 +221,10 @@ def decode(src, dst, jobs, force):
               help="Reference blocks that the best-match search examines per block and sign. A value "
                    "of at least the reference frame's block count makes the search exact. "
                    "Safetensors input only.")
-def stats_command(src, as_json, tensor, plot_path, max_candidates):
+@click.option("--max-output-size", "max_output", type=click.FloatRange(min=0), default=None,
+              help="Reject .wbs files that declare more than this many GiB of tensors  "
+                   "[default: 64].")
+def stats_command(src, as_json, tensor, plot_path, max_candidates, max_output):
     """Show statistics of SRC, a .wbs file or an uncompressed safetensors model.
 
     For a .wbs file: bits, coding modes and level histograms per tensor.
@@ -222,13 +238,9 @@ def stats_command(src, as_json, tensor, plot_path, max_candidates):
 
     def action():
         # A .wbs file starts with a fixed magic number, so any other file is read as safetensors.
-        try:
-            with open(src, "rb") as file:
-                magic = file.read(len(container.MAGIC))
-        except FileNotFoundError:
-            raise InputError(f"{src}: file not found") from None
-        except IsADirectoryError:
-            raise InputError(f"{src}: is a directory, expected a .wbs or safetensors file") from None
+        check_regular_file(src, "a .wbs or safetensors file")
+        with open(src, "rb") as file:
+            magic = file.read(len(container.MAGIC))
 
         if magic != container.MAGIC:
             if tensor is not None:
@@ -243,7 +255,7 @@ def stats_command(src, as_json, tensor, plot_path, max_candidates):
             raise InputError(f"{src}: --plot applies only to safetensors input, and this is a .wbs file;"
                              " drop --plot, or pass the uncompressed model")
         try:
-            result = stats.collect_stats(src, tensor=tensor)
+            result = stats.collect_stats(src, tensor=tensor, limits=_limits(max_output))
         except KeyError:
             raise InputError(f"{src}: no tensor named {tensor!r}; run 'wcodec stats "
                                    f"{src}' to list the names") from None

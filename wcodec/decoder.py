@@ -17,6 +17,7 @@ from wcodec.errors import InputError, WbsFormatError
 from wcodec.jobs import check_jobs
 from wcodec.formats import container, dtypes
 from wcodec.formats.atomic import atomic_output
+from wcodec.formats.inputs import check_regular_file
 from wcodec.formats.safetensors_io import SafetensorsWriter, TensorInfo
 
 
@@ -24,6 +25,7 @@ from wcodec.formats.safetensors_io import SafetensorsWriter, TensorInfo
 def open_wbs(path, limits=container.DecodeLimits()):
     """Map a ``.wbs`` file and parse its header; yield a :class:`WbsFile`."""
     path = os.fspath(path)
+    check_regular_file(path, "a .wbs file")
     try:
         handle = open(path, "rb")
     except FileNotFoundError:
@@ -207,15 +209,16 @@ class WbsFile:
                     future.cancel()
 
 
-def load(path, jobs=None):
+def load(path, jobs=None, limits=None):
     """Decode a ``.wbs`` file into a dict of torch tensors in the original order and dtypes.
 
     Every name gets its own tensor, also where the file stores tied tensors once, so an
     in-place edit of one never changes another. ``jobs`` worker threads decode in
-    parallel (default: every core available).
+    parallel (default: every core available). ``limits`` (a ``DecodeLimits``) replaces the
+    default limits on declared sizes; lower them for files from untrusted sources.
     """
     jobs = check_jobs(jobs)
-    with open_wbs(path) as wbs:
+    with open_wbs(path, limits or container.DecodeLimits()) as wbs:
         tensors = dict(wbs.iter_tensors(jobs))
         header = wbs.header
         result = {}
@@ -227,14 +230,15 @@ def load(path, jobs=None):
         return result
 
 
-def decode_file(src, dst, *, jobs=None, force=False, progress=None):
+def decode_file(src, dst, *, jobs=None, limits=None, force=False, progress=None):
     """Decode the ``.wbs`` file ``src`` into the safetensors file ``dst``; return the header.
 
     ``jobs`` worker threads decode in parallel (default: every core available).
+    ``limits`` (a ``DecodeLimits``) replaces the default limits on declared sizes.
     ``progress``, when given, is called with the tensor name after each tensor.
     """
     jobs = check_jobs(jobs)
-    with open_wbs(src) as wbs:
+    with open_wbs(src, limits or container.DecodeLimits()) as wbs:
         header = wbs.header
         infos = [TensorInfo(r.name, r.dtype, tuple(r.shape)) for r in header.tensors]
         with atomic_output(dst, force=force, inputs=(src,)) as tmp_path:

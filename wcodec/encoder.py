@@ -26,6 +26,7 @@ import hashlib
 import logging
 import re
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -119,13 +120,18 @@ class EncodeOptions:
 def matches_pattern(name, pattern):
     """Return whether a tensor name matches a glob pattern or, failing that, a regular expression.
 
-    A glob must match the whole name; so must a regular expression (``re.fullmatch``).
-    A pattern that is not a valid regular expression is used as a glob only.
+    A pattern equal to the name always matches, even where it holds characters special to
+    globs. A glob must match the whole name; so must a regular expression
+    (``re.fullmatch``). A pattern that is not a valid regular expression is used as a
+    glob only.
     """
-    if fnmatch.fnmatchcase(name, pattern):
+    if name == pattern or fnmatch.fnmatchcase(name, pattern):
         return True
     try:
-        return re.fullmatch(pattern, name) is not None
+        with warnings.catch_warnings():
+            # Patterns such as "[[]" are valid globs but make re warn about nested sets.
+            warnings.simplefilter("ignore", FutureWarning)
+            return re.fullmatch(pattern, name) is not None
     except re.error:
         return False
 
@@ -264,6 +270,21 @@ def encode_tensor(info, tensor, options, history=None, pool=None):
     return record, payload, None
 
 
+def _check_container_limits(src, infos, metadata):
+    """Raise InputError for names, metadata or shapes that a .wbs file cannot hold."""
+    strings = [info.name for info in infos]
+    if metadata:
+        strings += list(metadata) + list(metadata.values())
+    for text in strings:
+        if len(text.encode("utf-8")) > container.MAX_NAME_BYTES:
+            raise InputError(f"{src}: name or metadata string {text[:40]!r}... is longer than "
+                             f"the {container.MAX_NAME_BYTES} bytes a .wbs file holds")
+    for info in infos:
+        if len(info.shape) > container.MAX_NDIM:
+            raise InputError(f"{src}: tensor {info.name!r} has {len(info.shape)} dimensions; a "
+                             f".wbs file holds at most {container.MAX_NDIM}")
+
+
 def _find_aliases(reader, infos, coding_order, options):
     """Return {index: earlier index} for tensors equal in dtype, shape and bytes to an earlier one.
 
@@ -327,6 +348,7 @@ def encode_file(src, dst, *, qp=quantization.DEFAULT_QP, keep=(), mode=DEFAULT_M
     jobs = check_jobs(jobs)
     with SafetensorsReader(src) as reader:
         infos = reader.tensors
+        _check_container_limits(src, infos, reader.metadata)
         header = container.WbsHeader(reader.metadata)
         header.tensors = [None] * len(infos)
         read_lock = threading.Lock()

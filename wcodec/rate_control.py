@@ -68,7 +68,10 @@ class _Evaluator:
             self.originals = {}
             if need_sqnr:
                 for info in self.frames:
-                    self.originals[info.name] = dtypes.tensor_to_float64(reader.read(info.name))
+                    values = dtypes.tensor_to_float64(reader.read(info.name))
+                    # A frame with NaN or Inf is stored bit-exact and has no quantization error.
+                    if np.isfinite(values).all():
+                        self.originals[info.name] = values
         self.signal = sum(float(np.square(v).sum()) for v in self.originals.values())
 
     def measure(self, base_qp, qp_map):

@@ -67,7 +67,7 @@ def _frame_entry(wbs, index, record, recon, levels, syntax):
     }
 
 
-def collect_stats(path, tensor=None):
+def collect_stats(path, tensor=None, limits=None):
     """Return a dict of statistics for the ``.wbs`` file at ``path``.
 
     ``tensor`` restricts the level histogram to one tensor name; an unknown name raises
@@ -78,7 +78,7 @@ def collect_stats(path, tensor=None):
     histogram_counts = {}
     total_weights = 0
     raw_bytes = 0
-    with open_wbs(path) as wbs:
+    with open_wbs(path, limits or container.DecodeLimits()) as wbs:
         header = wbs.header
         names = [record.name for record in header.tensors]
         if tensor is not None and tensor not in names:
@@ -115,8 +115,14 @@ def collect_stats(path, tensor=None):
                                                        record.shape)
                     references[index] = dtypes.tensor_to_float64(rounded).reshape(recon.shape)
                 entry.update(_frame_entry(wbs, index, record, recon, levels, syntax))
-            elif record.coding_mode in (container.MODE_QUANTIZED, container.MODE_INTEGER) and n:
+            elif record.coding_mode == container.MODE_INTEGER and n:
+                # Decoding checks that the values fit the dtype, as decode does.
                 levels = wbs.levels(index)
+                wbs.decode_record(index, {})
+            elif record.coding_mode == container.MODE_QUANTIZED and n:
+                levels = wbs.levels(index)
+            elif record.coding_mode == container.MODE_RAW:
+                wbs.payload(index)  # checks the CRC-32, as decode does
             if levels is not None:
                 entry["zero_fraction"] = float(np.count_nonzero(levels == 0) / n)
                 if record.coding_mode == container.MODE_QUANTIZED and \

@@ -17,7 +17,7 @@ from math import prod
 from wcodec.codec.quantization import QP_MAX, QP_MIN
 from wcodec.codec.block_syntax import (FRAME_ADJACENT, FRAME_COLLOCATED, FRAME_FULL,
                                        FRAME_INTRA, MAX_REFS)
-from wcodec.errors import WbsFormatError
+from wcodec.errors import InputError, WbsFormatError
 from wcodec.formats import dtypes
 
 MAGIC = b"\x89WBS\r\n\x1a\n"
@@ -133,6 +133,9 @@ class _Writer:
 
     def string(self, value):
         data = value.encode("utf-8")
+        if len(data) > MAX_NAME_BYTES:
+            raise InputError(f"string {value[:40]!r}... is {len(data)} bytes in UTF-8; a .wbs "
+                             f"file holds at most {MAX_NAME_BYTES}")
         self.varint(len(data))
         self.out += data
 
@@ -140,6 +143,9 @@ class _Writer:
         self.u8(dtypes.dtype_by_name(value).wire_code)
 
     def shape(self, value):
+        if len(value) > MAX_NDIM:
+            raise InputError(f"shape {list(value)} has {len(value)} dimensions; a .wbs file "
+                             f"holds at most {MAX_NDIM}")
         self.u8(len(value))
         for dim in value:
             self.varint(dim)
@@ -379,10 +385,14 @@ def _validate_records(header, payload_area, path, limits):
                 f"{where}: field payload_length: payload ends at {expected_offset} but the "
                 f"payload area has {payload_area} bytes; the file is truncated")
 
+        # The product of the nonzero dimensions is bounded too: a zero dimension makes the
+        # tensor empty, but numpy and torch still compute strides from the others.
         elements = 1
+        nonzero = 1
         for dim in record.shape:
             elements *= dim
-            if elements > limits.max_tensor_elements:
+            nonzero *= max(dim, 1)
+            if nonzero > limits.max_tensor_elements:
                 raise WbsFormatError(
                     f"{where}: field shape {list(record.shape)} exceeds the limit of "
                     f"{limits.max_tensor_elements} elements")
@@ -453,7 +463,7 @@ def _validate_frame(header, index, record, position_in_order, where):
         return
     allowed = MAX_REFS if frame_mode == FRAME_FULL else 1
     if not 1 <= len(record.refs) <= allowed:
-        raise WbsFormatError(f"{where}: field refs: a {FRAME_MODE_NAMES[frame_mode]} frame has "
+        raise WbsFormatError(f"{where}: field refs: frame mode {FRAME_MODE_NAMES[frame_mode]} has "
                              f"1 to {allowed} references, found {len(record.refs)}")
     if not 1 <= record.pred_gain <= PRED_GAIN_MAX:
         raise WbsFormatError(f"{where}: field pred_gain: expected 1 to {PRED_GAIN_MAX}, found "

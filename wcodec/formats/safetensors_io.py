@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from safetensors import SafetensorError, safe_open
 
+from wcodec.formats.inputs import check_regular_file
 from wcodec.errors import InputError
 from wcodec.formats.dtypes import dtype_by_name
 
@@ -136,6 +137,8 @@ class _HeaderParser:
         """Read the JSON header bytes and return them with the size of the data area."""
         if os.path.isdir(self.path):
             raise self.error("is a directory, not a safetensors file")
+        if os.path.exists(self.path):
+            check_regular_file(self.path, "a safetensors file")
         try:
             with open(self.path, "rb") as file:
                 file_stat = os.fstat(file.fileno())
