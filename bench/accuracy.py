@@ -610,8 +610,8 @@ def main():
     parser.add_argument("--no-nncodec", action="store_true", help="skip the NNCodec anchor")
     parser.add_argument("--output", type=Path, default=None,
                         help="also write the markdown page to this file")
-    parser.add_argument("--plot", type=Path, default=BENCH_DIR / "accuracy.png",
-                        help="PNG plot to write (default bench/accuracy.png)")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="PNG plot to write (with --write: bench/accuracy.png)")
     parser.add_argument("--write", action="store_true",
                         help="also replace the accuracy section of bench/RESULTS.md")
     args = parser.parse_args()
@@ -648,10 +648,13 @@ def main():
     page += f"\nRun time: {elapsed:.0f} s.\n"
     if args.output is not None:
         args.output.write_text(page, encoding="utf-8")
-    plot(variants, reference_accuracy, args.plot)
+    # The committed plot belongs to the results page, so only --write replaces it.
+    plot_path = args.plot or (BENCH_DIR / "accuracy.png" if args.write else None)
+    if plot_path is not None:
+        plot(variants, reference_accuracy, plot_path)
     if args.write:
         common.update_results_section("accuracy", page)
-    print(f"wrote {args.plot} in {elapsed:.0f} s")
+    print(f"finished in {elapsed:.0f} s")
 
 
 if __name__ == "__main__":

@@ -442,7 +442,10 @@ def main():
             all_curves[model.name] = curves
             polyfit[model.name] = bd_rates(curves, "polyfit")
             pchip[model.name] = bd_rates(curves, "pchip")
-            plot_model(model, curves, polyfit[model.name], PLOTS_DIR / f"rd_{model.name}.png")
+            # The committed plots belong to the results page, so only --write replaces them.
+            if args.write:
+                plot_model(model, curves, polyfit[model.name],
+                           PLOTS_DIR / f"rd_{model.name}.png")
 
     lines = header + [
         "",

@@ -354,3 +354,16 @@ def test_script_error_one_line(workdir):
     assert completed.stderr.startswith("wcodec: error: ")
     assert "header_length" in completed.stderr
     assert listing(workdir) == ["damaged.wbs", "model.safetensors"]
+
+
+def test_force_never_replaces_special_files(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    source = Path(__file__).parent / "data" / "facenet_pnet.safetensors"
+    result = CliRunner().invoke(cli, ["encode", str(source), "-o", str(fifo), "--force"])
+
+    assert result.exit_code == 1
+    assert "not a regular file" in result.output
+    assert fifo.is_fifo()

@@ -16,8 +16,10 @@ from common import (
     shared_model_names,
     tensor_of_bytes,
     tiny_model,
+    write_safetensors,
 )
-from wcodec.errors import WbsFormatError
+from wcodec import encode_file
+from wcodec.errors import InputError, WbsFormatError
 from wcodec.formats.dtypes import dtype_by_name, tensor_to_bytes
 from wcodec.stats import collect_stats
 
@@ -350,7 +352,7 @@ def test_prediction_mode_roundtrip(tmp_path, mode):
 
 
 @pytest.mark.parametrize("options", [{"quantizer": "dependent"}, {"rdoq": True},
-                                     {"quantizer": "dependent", "rdoq": True, "mode": "intra"}], ids=str)
+                                     {"quantizer": "dependent", "mode": "intra"}], ids=str)
 def test_quantizer_options_roundtrip(tmp_path, options):
     result = assert_roundtrip(tmp_path, correlated_layers(), **options)
 
@@ -462,3 +464,11 @@ def test_checker_rejects_changed_integer(tmp_path, monkeypatch):
     monkeypatch.setattr(dtypes, "int64_to_tensor", lambda array, name, shape: original(array // 2, name, shape))
     with pytest.raises(AssertionError, match="not bit-exact"):
         assert_roundtrip(tmp_path, {"ids": torch.arange(10, dtype=torch.int32)})
+
+
+def test_rdoq_with_dependent_rejected(tmp_path):
+    tensors = {"w": torch.randn(4, 4)}
+    source = write_safetensors(tmp_path / "m.safetensors", tensors)
+    with pytest.raises(InputError, match="uniform quantization only"):
+        encode_file(source, tmp_path / "m.wbs", quantizer="dependent", rdoq=True)
+    assert not (tmp_path / "m.wbs").exists()

@@ -110,6 +110,8 @@ class EncodeOptions:
         if self.order not in ordering.ORDER_METHODS:
             raise InputError(f"unknown frame order {self.order!r}; valid orders are "
                              f"{', '.join(ordering.ORDER_METHODS)}")
+        if self.rdoq and self.quantizer != "uniform":
+            raise InputError("rdoq applies to uniform quantization only")
         if self.quantizer not in QUANTIZERS:
             raise InputError(f"unknown quantizer {self.quantizer!r}; valid quantizers are "
                              f"{', '.join(QUANTIZERS)}")
@@ -270,6 +272,15 @@ def encode_tensor(info, tensor, options, history=None, pool=None):
     return record, payload, None
 
 
+def _warn_unmatched_patterns(infos, options):
+    """Log a warning for every keep or qp pattern that matches no tensor name (a likely typo)."""
+    patterns = [("--keep", pattern) for pattern in options.keep]
+    patterns += [("--qp-for", pattern) for pattern, _ in options.qp_for]
+    for option, pattern in patterns:
+        if not any(matches_pattern(info.name, pattern) for info in infos):
+            logger.warning("%s pattern %r matches no tensor name", option, pattern)
+
+
 def _check_container_limits(src, infos, metadata):
     """Raise InputError for names, metadata or shapes that a .wbs file cannot hold."""
     strings = [info.name for info in infos]
@@ -349,6 +360,7 @@ def encode_file(src, dst, *, qp=quantization.DEFAULT_QP, keep=(), mode=DEFAULT_M
     with SafetensorsReader(src) as reader:
         infos = reader.tensors
         _check_container_limits(src, infos, reader.metadata)
+        _warn_unmatched_patterns(infos, options)
         header = container.WbsHeader(reader.metadata)
         header.tensors = [None] * len(infos)
         read_lock = threading.Lock()

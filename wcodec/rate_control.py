@@ -158,7 +158,8 @@ def _search(evaluator, bpw_target, sqnr_target):
             raise InputError(f"{bpw_target} bits per weight is below what qp {high} reaches "
                              f"({at(high)[0]:.3f})")
         if satisfied(at(low)):
-            return _result(at(low), _uniform_map(frames, low))
+            raise InputError(f"{bpw_target} bits per weight is above what qp {low} reaches "
+                             f"({at(low)[0]:.3f})")
         while high - low > 1:
             middle = (low + high) // 2
             if satisfied(at(middle)):
@@ -172,7 +173,8 @@ def _search(evaluator, bpw_target, sqnr_target):
             raise InputError(f"SQNR {sqnr_target} dB is above what qp {low} reaches "
                              f"({at(low)[1]:.2f} dB)")
         if satisfied(at(high)):
-            return _result(at(high), _uniform_map(frames, high))
+            raise InputError(f"SQNR {sqnr_target} dB is below what qp {high} reaches "
+                             f"({at(high)[1]:.2f} dB)")
         while high - low > 1:
             middle = (low + high) // 2
             if satisfied(at(middle)):

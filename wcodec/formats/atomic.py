@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import secrets
 from collections.abc import Iterator
 
@@ -35,6 +36,10 @@ def _check_output_path(path: str, force: bool, inputs: tuple[str | os.PathLike[s
     # lexists is also true for a symlink whose target is missing, which os.replace would overwrite.
     if os.path.lexists(path) and not force:
         raise InputError(f"output {path} exists; pass --force to replace it")
+    # --force replaces regular files only: renaming onto a device, FIFO or symbolic link
+    # would replace the node itself (for example /dev/null) with a regular file.
+    if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+        raise InputError(f"output {path} exists and is not a regular file; choose another path")
 
 
 def _create_temporary_file(path: str) -> str:
