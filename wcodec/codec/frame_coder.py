@@ -308,6 +308,15 @@ def _decide_frame(cur, step, frame_mode, refs, max_candidates):
     return syntax, levels, gain_num
 
 
+def _code_block_syntax(coder, buf, probs, shifts, frame_mode, syntax, refs):
+    """Code the block syntax of an inter frame with the contexts after the residual coder's."""
+    ref_rows = np.array([r.shape[0] for r in refs], dtype=np.int64)
+    ref_cols = np.array([r.shape[1] for r in refs], dtype=np.int64)
+    block_syntax.code_block_syntax(coder, buf, probs, shifts, residual_coding.N_CONTEXTS,
+                                   frame_mode, syntax.modes, syntax.signs, syntax.slots,
+                                   syntax.indexes, ref_rows, ref_cols)
+
+
 def _code_payload(mode, level_frame, block_size, frame_mode, syntax, refs, buf, targets,
                   rdo_lambda, dependent):
     """Run the frame syntax in ENCODE or ESTIMATE ``mode``; return the coder state."""
@@ -317,11 +326,7 @@ def _code_payload(mode, level_frame, block_size, frame_mode, syntax, refs, buf, 
         block_coded = np.ones((level_frame.shape[0], level_frame.shape[1] // block_size),
                               dtype=np.uint8)
     else:
-        ref_rows = np.array([r.shape[0] for r in refs], dtype=np.int64)
-        ref_cols = np.array([r.shape[1] for r in refs], dtype=np.int64)
-        block_syntax.code_block_syntax(coder, buf, probs, shifts, residual_coding.N_CONTEXTS,
-                                       frame_mode, syntax.modes, syntax.signs, syntax.slots,
-                                       syntax.indexes, ref_rows, ref_cols)
+        _code_block_syntax(coder, buf, probs, shifts, frame_mode, syntax, refs)
         block_coded = (syntax.modes != BLOCK_SKIP).astype(np.uint8)
     residual_coding.code_levels(coder, buf, probs, shifts, level_frame, block_size, block_coded,
                                 targets, rdo_lambda, dependent)
@@ -391,7 +396,7 @@ def encode_frame(values, step, frame_mode, refs, max_candidates=prediction.DEFAU
 
 
 def decode_frame(payload, shape, step, frame_mode, refs, gain_num, quantizer=QUANTIZER_UNIFORM):
-    """Decode a frame payload; return (reconstruction (O, I, K), syntax or None, coder state).
+    """Decode a frame payload; return (reconstruction (O, I, K), levels, syntax or None, coder).
 
     The caller checks ``coder[cabac.ERROR]`` and that all payload bytes were read.
     """
@@ -407,11 +412,7 @@ def decode_frame(payload, shape, step, frame_mode, refs, gain_num, quantizer=QUA
     else:
         syntax = BlockSyntax(np.zeros((rows, cols), np.int8), np.ones((rows, cols), np.int8),
                              np.zeros((rows, cols), np.int64), np.zeros((rows, cols), np.int64))
-        ref_rows = np.array([r.shape[0] for r in refs], dtype=np.int64)
-        ref_cols = np.array([r.shape[1] for r in refs], dtype=np.int64)
-        block_syntax.code_block_syntax(coder, buf, probs, shifts, residual_coding.N_CONTEXTS,
-                                       frame_mode, syntax.modes, syntax.signs, syntax.slots,
-                                       syntax.indexes, ref_rows, ref_cols)
+        _code_block_syntax(coder, buf, probs, shifts, frame_mode, syntax, refs)
         block_coded = (syntax.modes != BLOCK_SKIP).astype(np.uint8)
     if not coder[cabac.ERROR]:
         residual_coding.code_levels(coder, buf, probs, shifts, level_frame, k, block_coded,
@@ -428,10 +429,7 @@ def non_texture_bits(shape, frame_mode, syntax, refs):
         return 0.0
     coder = cabac.new_coder(cabac.ESTIMATE)
     probs, shifts = cabac.new_contexts(N_CONTEXTS)
-    ref_rows = np.array([r.shape[0] for r in refs], dtype=np.int64)
-    ref_cols = np.array([r.shape[1] for r in refs], dtype=np.int64)
-    block_syntax.code_block_syntax(coder, np.zeros(1, np.uint8), probs, shifts,
-                                   residual_coding.N_CONTEXTS, frame_mode, syntax.modes.copy(),
-                                   syntax.signs.copy(), syntax.slots.copy(),
-                                   syntax.indexes.copy(), ref_rows, ref_cols)
+    copy = BlockSyntax(syntax.modes.copy(), syntax.signs.copy(), syntax.slots.copy(),
+                       syntax.indexes.copy())
+    _code_block_syntax(coder, np.zeros(1, np.uint8), probs, shifts, frame_mode, copy, refs)
     return coder[cabac.COST] / (1 << cabac.COST_BITS)
