@@ -148,7 +148,7 @@ def cli(verbose):
                    "towards zero where that saves enough bits (error up to 1.5 steps).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Worker threads that code independent tensors in parallel  [default: all "
-                   "cores]. The output does not depend on it.")
+                   "cores, one below 262,144 values]. The output does not depend on it.")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 def encode(src, dst, qp, bpw, sqnr, qp_for, keep, mode, order, quantizer, rdoq, jobs, force):
     """Encode the safetensors file SRC into a .wbs file."""
@@ -192,7 +192,7 @@ def encode(src, dst, qp, bpw, sqnr, qp_for, keep, mode, order, quantizer, rdoq, 
               help="Path of the safetensors file to write.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Worker threads that decode independent tensors in parallel  [default: all "
-                   "cores].")
+                   "cores, one below 262,144 values].")
 @click.option("--max-output-size", "max_output", type=click.FloatRange(min=0), default=None,
               help="Reject files that declare more than this many GiB of tensors  [default: "
                    "64]. Lower it for files from untrusted sources.")

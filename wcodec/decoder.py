@@ -217,8 +217,8 @@ def load(path, jobs=None, limits=None):
     parallel (default: every core available). ``limits`` (a ``DecodeLimits``) replaces the
     default limits on declared sizes; lower them for files from untrusted sources.
     """
-    jobs = check_jobs(jobs)
     with open_wbs(path, limits or container.DecodeLimits()) as wbs:
+        jobs = check_jobs(jobs, sum(r.num_elements for r in wbs.header.tensors))
         tensors = dict(wbs.iter_tensors(jobs))
         header = wbs.header
         result = {}
@@ -237,9 +237,9 @@ def decode_file(src, dst, *, jobs=None, limits=None, force=False, progress=None)
     ``limits`` (a ``DecodeLimits``) replaces the default limits on declared sizes.
     ``progress``, when given, is called with the tensor name after each tensor.
     """
-    jobs = check_jobs(jobs)
     with open_wbs(src, limits or container.DecodeLimits()) as wbs:
         header = wbs.header
+        jobs = check_jobs(jobs, sum(r.num_elements for r in header.tensors))
         infos = [TensorInfo(r.name, r.dtype, tuple(r.shape)) for r in header.tensors]
         with atomic_output(dst, force=force, inputs=(src,)) as tmp_path:
             with SafetensorsWriter(tmp_path, infos, header.metadata) as writer:

@@ -356,9 +356,11 @@ def encode_file(src, dst, *, qp=quantization.DEFAULT_QP, keep=(), mode=DEFAULT_M
                             max_candidates=int(max_candidates), quantizer=quantizer,
                             rdoq=bool(rdoq), qp_for=tuple((p, int(q)) for p, q in qp_for),
                             qp_map=tuple(sorted((qp_map or {}).items())))
-    jobs = check_jobs(jobs)
+    if jobs is not None:
+        jobs = check_jobs(jobs)
     with SafetensorsReader(src) as reader:
         infos = reader.tensors
+        jobs = check_jobs(jobs, sum(info.numel for info in infos))
         _check_container_limits(src, infos, reader.metadata)
         _warn_unmatched_patterns(infos, options)
         header = container.WbsHeader(reader.metadata)
