@@ -180,7 +180,7 @@ def format_frames(stats):
 def format_stats(stats, width=40):
     """Return the statistics as a human-readable table and histogram."""
     lines = []
-    header = (f"{'tensor':<36} {'shape':<18} {'dtype':<8} {'mode':<9} {'qp':>4} "
+    header = (f"{'tensor':<36} {'shape':<18} {'dtype':<8} {'mode':<9} {'qp':>4} {'step':>9} "
               f"{'bits':>10} {'bpw':>7} {'zeros':>6}")
     lines.append(header)
     lines.append("-" * len(header))
@@ -188,9 +188,10 @@ def format_stats(stats, width=40):
         name = t["name"] if len(t["name"]) <= 36 else "..." + t["name"][-33:]
         shape = "x".join(str(d) for d in t["shape"]) or "scalar"
         qp = "" if t["qp"] is None else str(t["qp"])
+        step = "" if t["step"] is None else f"{t['step']:.3g}"
         zeros = "" if t["zero_fraction"] is None else f"{100 * t['zero_fraction']:.0f}%"
         mode = t["mode"]
-        lines.append(f"{name:<36} {shape:<18} {t['dtype']:<8} {mode:<9} {qp:>4} "
+        lines.append(f"{name:<36} {shape:<18} {t['dtype']:<8} {mode:<9} {qp:>4} {step:>9} "
                      f"{t['bits']:>10} {t['bits_per_weight']:>7.3f} {zeros:>6}")
     lines.append("")
     lines.append(f"total: {stats['total_bytes']} bytes for {stats['num_weights']} weights, "
