@@ -122,7 +122,7 @@ class EncodeOptions:
 def matches_pattern(name, pattern):
     """Return whether a tensor name matches a glob pattern or, failing that, a regular expression.
 
-    A pattern equal to the name always matches, even where it holds characters special to
+    A pattern equal to the name always matches, even where it contains characters special to
     globs. A glob must match the whole name; so must a regular expression
     (``re.fullmatch``). A pattern that is not a valid regular expression is used as a
     glob only.
@@ -176,7 +176,7 @@ class FrameHistory:
 def _encode_frame(info, values, qp, options, history, pool=None):
     """Code a frame in the frame modes the options and its references allow; keep the smallest.
 
-    With a thread ``pool`` the candidate modes are coded in parallel; the choice is the
+    With a thread ``pool`` the candidate modes are coded in parallel. The choice is the
     same, because candidates are compared in a fixed order and a tie keeps the first.
     """
     shape = tuple(info.shape)
@@ -240,7 +240,7 @@ def encode_tensor(info, tensor, options, history=None, pool=None):
     if kind == "float":
         values = dtypes.tensor_to_float64(tensor)
         if not np.isfinite(values).all():
-            logger.warning("tensor %r holds NaN or Inf; storing it bit-exact instead of "
+            logger.warning("tensor %r contains NaN or Inf; storing it bit-exact instead of "
                            "quantizing it", info.name)
             return (*_raw_record(info, tensor), None)
         qp = options.tensor_qp(info.name, shape)

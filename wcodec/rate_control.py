@@ -125,6 +125,13 @@ def encode_to_target(src, dst, *, bpw=None, sqnr=None, force=False, **options):
                              result["qp_map"], evaluator.trials)
 
 
+def _describe(value, bpw_target):
+    """Return a rate or quality value with its unit, for messages."""
+    if bpw_target is not None:
+        return f"{value:.3f} bits per weight"
+    return f"SQNR {value:.2f} dB"
+
+
 def _value(measured, bpw_target):
     """Return the measured quantity that the target constrains."""
     bpw, sqnr = measured[0], measured[1]
@@ -136,8 +143,6 @@ def _search(evaluator, bpw_target, sqnr_target):
     if not frames:
         raise InputError("rate control needs at least one floating tensor with two or more "
                          "dimensions to adjust")
-    # Both bits and SQNR fall as qp rises. Find the finest qp q whose value is on the
-    # cheap side of the target: bits <= target, or SQNR >= target for the largest q.
     target = bpw_target if bpw_target is not None else sqnr_target
     cache = {}
 
@@ -146,42 +151,25 @@ def _search(evaluator, bpw_target, sqnr_target):
             cache[qp] = evaluator.measure(qp, _uniform_map(frames, qp))
         return cache[qp]
 
-    def satisfied(measured):
-        if bpw_target is not None:
-            return measured[0] <= bpw_target
-        return measured[1] >= sqnr_target
+    def above(measured):
+        return _value(measured, bpw_target) > target
 
+    # Both measures fall as qp rises, so one bisection serves both targets: the finest
+    # qp must give a value above the target and the coarsest one not.
     low, high = SEARCH_QP_MIN, SEARCH_QP_MAX
-    if bpw_target is not None:
-        # The smallest qp whose rate is at most the target.
-        if not satisfied(at(high)):
-            raise InputError(f"{bpw_target} bits per weight is below what qp {high} reaches "
-                             f"({at(high)[0]:.3f})")
-        if satisfied(at(low)):
-            raise InputError(f"{bpw_target} bits per weight is above what qp {low} reaches "
-                             f"({at(low)[0]:.3f})")
-        while high - low > 1:
-            middle = (low + high) // 2
-            if satisfied(at(middle)):
-                high = middle
-            else:
-                low = middle
-        fine, coarse = low, high  # fine misses the target, coarse meets it
-    else:
-        # The largest qp whose SQNR is at least the target.
-        if not satisfied(at(low)):
-            raise InputError(f"SQNR {sqnr_target} dB is above what qp {low} reaches "
-                             f"({at(low)[1]:.2f} dB)")
-        if satisfied(at(high)):
-            raise InputError(f"SQNR {sqnr_target} dB is below what qp {high} reaches "
-                             f"({at(high)[1]:.2f} dB)")
-        while high - low > 1:
-            middle = (low + high) // 2
-            if satisfied(at(middle)):
-                low = middle
-            else:
-                high = middle
-        fine, coarse = low, high  # fine meets the target, coarse misses it
+    if not above(at(low)):
+        raise InputError(f"{_describe(target, bpw_target)} is above what qp {low} reaches "
+                         f"({_describe(_value(at(low), bpw_target), bpw_target)})")
+    if above(at(high)):
+        raise InputError(f"{_describe(target, bpw_target)} is below what qp {high} reaches "
+                         f"({_describe(_value(at(high), bpw_target), bpw_target)})")
+    while high - low > 1:
+        middle = (low + high) // 2
+        if above(at(middle)):
+            low = middle
+        else:
+            high = middle
+    fine, coarse = low, high  # fine gives a value above the target, coarse one at or below
 
     # Mix the two qps: move the largest frames first, so that few moves span the gap,
     # and bisect on how many move.
@@ -200,17 +188,17 @@ def _search(evaluator, bpw_target, sqnr_target):
             mix_cache[count] = evaluator.measure(fine, mixed(count))
         return mix_cache[count]
 
-    # mixed_at(count) is monotone: more frames at the coarse qp give fewer bits and less
-    # SQNR. Find the boundary between counts that meet the target and counts that miss it.
-    missing, meeting = (0, len(by_size)) if bpw_target is not None else (len(by_size), 0)
-    while abs(meeting - missing) > 1:
-        middle = (meeting + missing) // 2
-        if satisfied(mixed_at(middle)):
-            meeting = middle
+    # mixed_at(count) falls as count grows, because more frames sit at the coarse qp.
+    # Find the boundary between counts above the target and counts at or below it.
+    over, under = 0, len(by_size)
+    while under - over > 1:
+        middle = (over + under) // 2
+        if above(mixed_at(middle)):
+            over = middle
         else:
-            missing = middle
+            under = middle
     # Keep whichever of the two neighbours lies closer to the target.
-    best = min((meeting, missing),
+    best = min((over, under),
                key=lambda c: abs(_value(mixed_at(c), bpw_target) - target) / abs(target))
     qp_map, measured = mixed(best), mixed_at(best)
     for _ in range(REFINE_ROUNDS):

@@ -45,7 +45,7 @@ def dequantize(levels, step):
 #
 # Two scalar quantizers share the step: Q0 reconstructs level k as 2k * step, Q1 as
 # (2k - sign(k)) * step. The quantizer of each position is state & 1, and the state
-# follows DQ_TRANSITIONS[state][parity of the level], so a decoder knows the quantizer
+# follows DQ_TRANSITIONS[state][parity of the level], so a decoder derives the quantizer
 # without side information; the encoder picks the levels by a Viterbi search over the
 # states (wcodec.codec.trellis). The state starts at 0 at every row and advances at every coded position.
 # The table is the 8-state trellis of MPEG NNC (ISO/IEC 15938-17).
