@@ -11,6 +11,7 @@ against an independent rendering of the format.
 
 from __future__ import annotations
 
+import math
 import fnmatch
 import os
 import re
@@ -40,6 +41,7 @@ MODE_RAW = 0
 MODE_QUANTIZED = 1
 MODE_INTEGER = 2
 MODE_ALIAS = 3
+FRAME_TRANSFORM = 4  # frame_mode of an intra frame coded as DCT coefficients
 
 DTYPE_CODES = {
     "BOOL": 1, "U8": 2, "I8": 3, "U16": 4, "I16": 5, "U32": 6, "I32": 7, "U64": 8,
@@ -280,7 +282,12 @@ def assert_roundtrip(tmp_path, tensors: dict[str, torch.Tensor], metadata: dict[
         assert np.isfinite(y).all(), f"{name}: finite weights decoded to NaN or Inf"
         step = qp_step(coded.qp)
         error = np.abs(x - y)
-        bound = quantization_error_bound(x, y, dtype_name, step, error_steps)
+        # A transform frame quantizes DCT coefficients: each coefficient within the bound,
+        # so a weight, a sum of K coefficients with unit-norm weights, within sqrt(K) times it.
+        record_steps = error_steps
+        if coded.coding_mode == MODE_QUANTIZED and coded.frame_mode == FRAME_TRANSFORM:
+            record_steps = error_steps * math.sqrt(math.prod(coded.shape[2:])) * 1.001
+        bound = quantization_error_bound(x, y, dtype_name, step, record_steps)
         worst = int(np.argmax(error - bound))
         assert error[worst] <= bound[worst], (
             f"{name}: element {worst} is {x[worst]!r}, decoded {y[worst]!r}; error {error[worst]:.3g} exceeds "
@@ -376,7 +383,7 @@ def wbs_bytes(header: bytes, payload_area: bytes = b"", *, magic=container.MAGIC
 
 
 def build_wbs(tensors: list[dict], metadata: dict[str, str] | None = None, trailing: bytes = b"",
-              order=None) -> bytes:
+              order=None, version: int = 1) -> bytes:
     """Return a .wbs file from record dicts with a "payload" entry; offsets, lengths, CRCs follow.
 
     Each dict contains the keyword arguments of `record_bytes` plus "payload" (bytes, placed in
@@ -393,7 +400,7 @@ def build_wbs(tensors: list[dict], metadata: dict[str, str] | None = None, trail
         entry.setdefault("payload_crc32", zlib.crc32(payload))
         records.append(record_bytes(**entry))
         area += payload
-    return wbs_bytes(header_bytes(records, metadata, order), area + trailing)
+    return wbs_bytes(header_bytes(records, metadata, order), area + trailing, version=version)
 
 
 def split_wbs(data: bytes) -> tuple[bytes, bytes, bytes]:

@@ -95,8 +95,9 @@ def test_decode_restores_model(encoded):
     assert f"{PNET_TENSORS} tensors" in result.stdout
     assert metadata == original_metadata
     assert list(tensors) == list(original)
+    # Half a step at qp -32, three halves for the 3x3 kernels of transform frames.
     for name, tensor in original.items():
-        assert torch.allclose(tensors[name], tensor, rtol=0, atol=2**-9), name
+        assert torch.allclose(tensors[name], tensor, rtol=0, atol=3 * 2**-9), name
 
 
 def test_stats_table(encoded):

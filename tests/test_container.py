@@ -92,7 +92,7 @@ REJECTIONS = {
     "short_file": (base_bytes()[:10], "preamble", "preamble"),
     "magic": (wbs_bytes(split_wbs(base_bytes())[1], split_wbs(base_bytes())[2], magic=b"\x89WBS\r\n\x1a\x0b"),
               "magic", "preamble"),
-    "version": (wbs_bytes(split_wbs(base_bytes())[1], split_wbs(base_bytes())[2], version=2), "version",
+    "version": (wbs_bytes(split_wbs(base_bytes())[1], split_wbs(base_bytes())[2], version=3), "version",
                 "preamble"),
     "flags": (wbs_bytes(split_wbs(base_bytes())[1], split_wbs(base_bytes())[2], flags=1), "flags", "preamble"),
     "header_length_past_end": (
@@ -300,7 +300,7 @@ def test_encoded_pnet_layout(tmp_path):
     header, payload_base = container.read_container(data, "pnet.wbs")
 
     assert magic == b"\x89WBS\r\n\x1a\n"
-    assert version == 1
+    assert version == 2  # the 3x3 convolutions are transform frames
     assert flags == 0
     assert header_crc == zlib.crc32(data[20:20 + header_length])
     assert payload_base == 20 + header_length

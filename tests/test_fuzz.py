@@ -289,11 +289,12 @@ class Layout:
     metadata_bytes: bytes | None = None
     count_bytes: bytes | None = None
     order_bytes: bytes | None = None
+    version: int = 1
 
     @classmethod
     def of(cls, seed: Seed) -> Layout:
         return cls(None if seed.metadata is None else dict(seed.metadata), [dict(r) for r in seed.records],
-                   list(seed.payloads), list(seed.order))
+                   list(seed.payloads), list(seed.order), version=struct.unpack_from("<H", seed.data, 8)[0])
 
 
 def assemble(layout: Layout) -> bytes:
@@ -331,7 +332,7 @@ def assemble(layout: Layout) -> bytes:
         header += layout.order_bytes
     else:
         header += b"".join(varint(index) for index in layout.order)
-    return wbs_bytes(header, area)
+    return wbs_bytes(header, area, version=layout.version)
 
 
 @dataclasses.dataclass
@@ -792,7 +793,7 @@ def test_seeds_cover_every_mode(seeds):
     quantizers = {(r["quantizer"], r["frame_mode"] > 0) for r in records if r["mode"] == MODE_QUANTIZED}
 
     assert modes == {MODE_RAW, MODE_QUANTIZED, MODE_INTEGER, MODE_ALIAS}
-    assert frame_modes == {0, 1, 2, 3}
+    assert frame_modes == {0, 1, 2, 3, 4}
     assert quantizers == {(0, False), (0, True), (1, False), (1, True)}
     assert any(seed.order != sorted(seed.order) for seed in seeds.values())
     assert any(seed.metadata for seed in seeds.values())

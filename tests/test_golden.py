@@ -1,7 +1,8 @@
-"""Golden files: .wbs files of bitstream version 1 that every later wcodec must decode unchanged.
+"""Golden files: .wbs files of each bitstream version that every later wcodec must decode unchanged.
 
-tests/golden/v1 contains each golden .wbs file, the safetensors output expected from decoding
-it, and manifest.json with each file's sha256, source model and encode options. A missing
+tests/golden/v1 and tests/golden/v2 contain each golden .wbs file, the safetensors output
+expected from decoding it, and manifest.json with each file's sha256, source model and
+encode options. A missing
 golden file fails these tests, which never skip and never regenerate. tests/golden/README.md
 explains when and how to regenerate them by hand.
 """
@@ -17,23 +18,29 @@ from common import read_safetensors
 from wcodec.decoder import open_wbs
 from wcodec.formats.dtypes import tensor_to_bytes
 
-GOLDEN_DIR = Path(__file__).resolve().parent / "golden" / "v1"
+GOLDEN_ROOT = Path(__file__).resolve().parent / "golden"
 REPOSITORY = Path(__file__).resolve().parents[1]
-GOLDEN_NAMES = ("synthetic", "pnet", "synthetic_dq")
+GOLDEN_VERSIONS = {"synthetic": 1, "pnet": 1, "synthetic_dq": 1,
+                   "pnet_transform": 2, "pnet_transform_dq": 2}
+GOLDEN_NAMES = tuple(GOLDEN_VERSIONS)
 # The synthetic model must exercise every coding mode and every dtype of version 1.
 SYNTHETIC_MODES = {"raw", "quantized", "integer", "alias"}
 ALL_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "BF16", "F32", "F64",
               "F8_E4M3", "F8_E5M2"}
 
 
+def golden_dir(name: str) -> Path:
+    return GOLDEN_ROOT / f"v{GOLDEN_VERSIONS[name]}"
+
+
 def manifest_entry(name: str) -> dict:
-    manifest = json.loads((GOLDEN_DIR / "manifest.json").read_text())
-    assert manifest["bitstream_version"] == 1
+    manifest = json.loads((golden_dir(name) / "manifest.json").read_text())
+    assert manifest["bitstream_version"] == GOLDEN_VERSIONS[name]
     return manifest["files"][f"{name}.wbs"]
 
 
 def golden_path(name: str) -> Path:
-    path = GOLDEN_DIR / f"{name}.wbs"
+    path = golden_dir(name) / f"{name}.wbs"
     assert path.is_file(), f"golden file {path} is missing; restore it from version control"
     return path
 
@@ -58,7 +65,7 @@ def test_golden_sha256(name):
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_golden_decode_exact(tmp_path, name):
-    expected = GOLDEN_DIR / manifest_entry(name)["expected"]
+    expected = golden_dir(name) / manifest_entry(name)["expected"]
     restored = tmp_path / "restored.safetensors"
     wcodec.decode_file(golden_path(name), restored)
 
@@ -68,7 +75,7 @@ def test_golden_decode_exact(tmp_path, name):
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_golden_load_exact(name):
-    expected_metadata, expected = read_safetensors(GOLDEN_DIR / manifest_entry(name)["expected"])
+    expected_metadata, expected = read_safetensors(golden_dir(name) / manifest_entry(name)["expected"])
     loaded = wcodec.load(golden_path(name))
 
     assert list(loaded) == list(expected)
@@ -78,7 +85,7 @@ def test_golden_load_exact(name):
 
 # Dependent quantization is left out: its trellis search is encoder tuning that may
 # change without touching the bitstream, so only decoding its golden file is pinned.
-@pytest.mark.parametrize("name", ("synthetic", "pnet"))
+@pytest.mark.parametrize("name", ("synthetic", "pnet", "pnet_transform"))
 def test_golden_reencode_identical(tmp_path, name):
     entry = manifest_entry(name)
     source = REPOSITORY / entry["source"]
@@ -86,6 +93,17 @@ def test_golden_reencode_identical(tmp_path, name):
     wcodec.encode_file(source, output, **entry["encode_options"])
 
     assert output.read_bytes() == golden_path(name).read_bytes()
+
+
+@pytest.mark.parametrize("name", GOLDEN_NAMES)
+def test_golden_version(name):
+    data = golden_path(name).read_bytes()
+    with open_wbs(golden_path(name)) as wbs:
+        frame_modes = {record.frame_mode for record in wbs.header.tensors if record.coding_mode == 1}
+
+    assert int.from_bytes(data[8:10], "little") == GOLDEN_VERSIONS[name]
+    # Version 2 added transform frames (frame_mode 4); its golden files must hold some.
+    assert (4 in frame_modes) == (GOLDEN_VERSIONS[name] == 2)
 
 
 def test_golden_synthetic_coverage():

@@ -140,17 +140,24 @@ def cli(verbose):
 @click.option("--quantizer", type=click.Choice(encoder.QUANTIZERS), default="uniform",
               show_default=True,
               help="uniform: round to the nearest multiple of the step (error at most half a "
-                   "step). dependent: trellis-coded quantization with two interleaved "
+                   "step, or half a step per DCT coefficient in transform frames). dependent: trellis-coded quantization with two interleaved "
                    "quantizers, as MPEG NNC; smaller files at equal SQNR, but about 5 dB lower "
                    "SQNR at equal qp and errors up to about two steps.")
 @click.option("--rdoq", is_flag=True,
               help="Rate-distortion optimized uniform quantization: a level may move one step "
                    "towards zero where that saves enough bits (error up to 1.5 steps).")
+@click.option("--transform/--no-transform", default=True, show_default=True,
+              help="Let frames with small kernels (up to 8x8 taps) be coded as DCT "
+                   "coefficients of each kernel wherever intra coding is a candidate, when "
+                   "that is smaller. A weight's error is then up to sqrt(taps) times the "
+                   "quantizer's (1.5 steps for 3x3 kernels); --no-transform keeps every "
+                   "weight within the quantizer's own bound.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Worker threads that code independent tensors in parallel  [default: all "
                    "cores, one below 262,144 values]. The output does not depend on it.")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
-def encode(src, dst, qp, bpw, sqnr, qp_for, keep, mode, order, quantizer, rdoq, jobs, force):
+def encode(src, dst, qp, bpw, sqnr, qp_for, keep, mode, order, quantizer, rdoq, transform, jobs,
+           force):
     """Encode the safetensors file SRC into a .wbs file."""
 
     def action():
@@ -163,7 +170,7 @@ def encode(src, dst, qp, bpw, sqnr, qp_for, keep, mode, order, quantizer, rdoq, 
                              "--quantizer uniform")
         overrides = tuple(_parse_qp_for(item) for item in qp_for)
         options = dict(keep=keep, mode=mode, order=order, quantizer=quantizer, rdoq=rdoq,
-                       qp_for=overrides, jobs=jobs)
+                       qp_for=overrides, transform=transform, jobs=jobs)
         if bpw is not None or sqnr is not None:
             result = rate_control.encode_to_target(src, dst, bpw=bpw, sqnr=sqnr, force=force,
                                                    **options)

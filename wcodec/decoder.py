@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from wcodec.codec import cabac, frame_coder, frames, quantization, residual_coding
+from wcodec.codec import cabac, frame_coder, frames, quantization, residual_coding, transform
 from wcodec.errors import InputError, WbsFormatError
 from wcodec.jobs import check_jobs
 from wcodec.formats import container, dtypes
@@ -114,8 +114,12 @@ class WbsFile:
         payload = self.payload(index)
         recon, levels, syntax, coder = frame_coder.decode_frame(
             payload, shape, self._step(record), record.frame_mode, refs, record.pred_gain,
-            record.quantizer)
+            record.quantizer, tuple(record.shape[2:]))
         self._check_coder(record, coder, payload)
+        if recon is None:
+            raise WbsFormatError(f"{self.path}: tensor {record.name!r}: payload: a DCT "
+                                 f"coefficient exceeds {transform.MAX_VALUE} steps, more than a "
+                                 f"transform frame allows; the payload is damaged")
         return recon, levels, syntax
 
     def decode_record(self, index, dependencies):

@@ -32,9 +32,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wcodec.codec import frame_coder, frames, ordering, prediction, quantization, residual_coding
+from wcodec.codec import (frame_coder, frames, ordering, prediction, quantization,
+                          residual_coding, transform)
 from wcodec.codec.block_syntax import (FRAME_ADJACENT, FRAME_COLLOCATED, FRAME_FULL,
-                                       FRAME_INTRA)
+                                       FRAME_INTRA, FRAME_TRANSFORM)
 from wcodec.errors import InputError
 from wcodec.jobs import check_jobs
 from wcodec.formats import container, dtypes
@@ -60,7 +61,10 @@ class EncodeOptions:
     ``qp``: quantization parameter; ``keep``: name patterns stored bit-exact; ``mode``:
     prediction mode (one of PREDICTION_MODES); ``order``: frame order (one of
     ``ordering.ORDER_METHODS``); ``max_candidates``: reference blocks examined per block
-    and sign by the block matching of ``adjacent`` and ``full``.
+    and sign by the block matching of ``adjacent`` and ``full``; ``transform``: whether
+    frames whose kernels have 2 to 64 taps in at most two dimensions of up to 8 may also
+    be coded as transform frames (a DCT over each kernel, see
+    :mod:`wcodec.codec.transform`) wherever intra is a candidate; the smaller result wins.
     """
 
     qp: int = quantization.DEFAULT_QP
@@ -72,6 +76,7 @@ class EncodeOptions:
     rdoq: bool = False
     qp_for: tuple = ()
     qp_map: tuple = ()
+    transform: bool = True
 
     def tensor_qp(self, name, shape):
         """Return the qp of a floating tensor.
@@ -185,10 +190,13 @@ def _encode_frame(info, values, qp, options, history, pool=None):
     kernel = ordering.kernel_shape(shape)
     available = history.references(kernel)
     candidates = _FRAME_MODES[options.mode] if available else (FRAME_INTRA,)
+    if FRAME_INTRA in candidates and options.transform and transform.is_eligible(kernel) \
+            and frame_coder.transform_fits(blocks, step):
+        candidates = (FRAME_INTRA, FRAME_TRANSFORM) + candidates[1:]
     quantizer = QUANTIZERS.index(options.quantizer)
 
     def code(frame_mode):
-        if frame_mode == FRAME_INTRA:
+        if frame_mode in (FRAME_INTRA, FRAME_TRANSFORM):
             refs = []
         elif frame_mode == FRAME_FULL:
             refs = available[:FULL_SEARCH_WINDOW]
@@ -196,7 +204,8 @@ def _encode_frame(info, values, qp, options, history, pool=None):
             refs = available[:1]
         result = frame_coder.encode_frame(blocks, step, frame_mode, [r for _, r in refs],
                                           options.max_candidates,
-                                          RDOQ_LAMBDA if options.rdoq else 0.0, quantizer)
+                                          RDOQ_LAMBDA if options.rdoq else 0.0, quantizer,
+                                          kernel)
         record = container.TensorRecord(info.name, info.dtype, shape, container.MODE_QUANTIZED,
                                         qp=qp, quantizer=quantizer, frame_mode=frame_mode,
                                         refs=tuple(index for index, _ in refs),
@@ -341,8 +350,8 @@ def _coding_tasks(infos, coding_order, aliases, options):
 
 def encode_file(src, dst, *, qp=quantization.DEFAULT_QP, keep=(), mode=DEFAULT_MODE,
                 order=ordering.DEFAULT_ORDER, max_candidates=prediction.DEFAULT_MAX_CANDIDATES,
-                quantizer="uniform", rdoq=False, qp_for=(), qp_map=None, jobs=None, force=False,
-                progress=None):
+                quantizer="uniform", rdoq=False, qp_for=(), qp_map=None, transform=True,
+                jobs=None, force=False, progress=None):
     """Encode the safetensors file ``src`` into the ``.wbs`` file ``dst``; return the header.
 
     ``qp_for`` lists (pattern, qp) overrides, the first match winning; ``qp_map`` maps exact
@@ -355,7 +364,8 @@ def encode_file(src, dst, *, qp=quantization.DEFAULT_QP, keep=(), mode=DEFAULT_M
     options = EncodeOptions(qp=int(qp), keep=tuple(keep), mode=mode, order=order,
                             max_candidates=int(max_candidates), quantizer=quantizer,
                             rdoq=bool(rdoq), qp_for=tuple((p, int(q)) for p, q in qp_for),
-                            qp_map=tuple(sorted((qp_map or {}).items())))
+                            qp_map=tuple(sorted((qp_map or {}).items())),
+                            transform=bool(transform))
     if jobs is not None:
         jobs = check_jobs(jobs)
     with SafetensorsReader(src) as reader:

@@ -137,7 +137,7 @@ def collect_stats(path, tensor=None, limits=None):
     file_bytes = os.path.getsize(path)
     return {
         "file": os.fspath(path),
-        "version": container.VERSION,
+        "version": header.version,
         "tensors": tensors,
         "total_bytes": file_bytes,
         "total_bits": file_bytes * 8,

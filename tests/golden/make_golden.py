@@ -1,8 +1,9 @@
-"""Write the golden .wbs files of bitstream version 1 and their expected decoded outputs.
+"""Write the golden .wbs files of one bitstream version and their expected decoded outputs.
 
 Run by hand from the repository root, never from a test:
 
-    .venv/bin/python tests/golden/make_golden.py
+    .venv/bin/python tests/golden/make_golden.py 1    # writes tests/golden/v1
+    .venv/bin/python tests/golden/make_golden.py 2    # writes tests/golden/v2
 
 It refuses to replace existing files. Golden files pin the bitstream: regenerate them
 only for a deliberate format change, which also needs a new bitstream version and a
@@ -12,6 +13,8 @@ Before it writes anything, the script checks the decoder's output against values
 computes itself. Bit-exact tensors must equal the source bytes. Intra-coded tensors must
 equal their levels (rounded half away from zero) times the step, rounded to the dtype.
 Inter-coded frames must lie within step / 2, plus the dtype's rounding, of the source.
+Transform frames must equal a floating-point inverse DCT of their levels, within the
+rounding of the integer transform's entries.
 """
 
 import hashlib
@@ -40,10 +43,12 @@ from wcodec.codec.ordering import natural_key  # noqa: E402
 from wcodec.decoder import open_wbs  # noqa: E402
 from wcodec.formats.dtypes import tensor_to_bytes  # noqa: E402
 
-GOLDEN_DIR = Path(__file__).resolve().parent / "v1"
+GOLDEN_ROOT = Path(__file__).resolve().parent
 SYNTHETIC_OPTIONS = {"qp": -32, "keep": ["keep.*"]}
 PNET_OPTIONS = {"qp": -32, "keep": []}
 SYNTHETIC_DQ_OPTIONS = {"qp": -30, "keep": ["keep.*"], "mode": "full", "quantizer": "dependent"}
+PNET_TRANSFORM_OPTIONS = {"qp": -26, "keep": [], "mode": "intra"}
+PNET_TRANSFORM_DQ_OPTIONS = {"qp": -26, "keep": [], "mode": "auto", "quantizer": "dependent"}
 
 
 def synthetic_model() -> dict[str, torch.Tensor]:
@@ -96,10 +101,39 @@ def reference_intra(original: torch.Tensor, qp: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(levels * step, dtype=np.float64)).to(original.dtype)
 
 
+def float_dct(n: int) -> np.ndarray:
+    """Return the orthonormal DCT-II synthesis matrix (tap x frequency) in float64."""
+    taps, freqs = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    scale = np.where(freqs == 0, np.sqrt(1 / n), np.sqrt(2 / n))
+    return scale * np.cos(np.pi * (taps + 0.5) * freqs / n)
+
+
+def check_transform_frame(parsed, index: int, record, restored: torch.Tensor) -> None:
+    """Compare a transform frame with a float64 inverse DCT of its decoded levels."""
+    kernel = tuple(record.shape[2:])
+    synthesis = np.ones((1, 1))
+    for side in kernel:
+        synthesis = np.kron(synthesis, float_dct(side))
+    _, levels, _ = parsed.decode_frame(index, {})
+    assert record.quantizer == 0, "only uniform transform frames have a closed-form expectation"
+    coefficients = levels.transpose(0, 2, 1).astype(np.float64)  # coded frequency by frequency
+    step = qp_step(record.qp)
+    expected = (coefficients @ synthesis.T * step).reshape(-1)
+    y = restored.to(torch.float64).numpy().reshape(-1)
+    # Entries of the integer matrices lie within 2**-15 of the float ones.
+    slack = (np.abs(coefficients).sum(axis=2) * 2.0**-15 * len(kernel) * step)
+    slack = np.repeat(slack[:, :, None], synthesis.shape[0], axis=2).reshape(-1)
+    bound = slack + quantization_error_bound(expected, y, record.dtype, 0.0)
+    assert (np.abs(expected - y) <= bound).all(), record.name
+
+
 def check_decoded(source: dict[str, torch.Tensor], wbs: Path, decoded: dict[str, torch.Tensor]) -> None:
     """Raise AssertionError unless every decoded tensor matches its independent expectation."""
     with open_wbs(wbs) as parsed:
         records = parsed.header.tensors
+        for index, record in enumerate(records):
+            if record.mode_name == "quantized" and record.frame_mode == 4 and record.quantizer == 0:
+                check_transform_frame(parsed, index, record, decoded[record.name])
     for record in records:
         original = source[record.name]
         restored = decoded[record.name]
@@ -113,6 +147,8 @@ def check_decoded(source: dict[str, torch.Tensor], wbs: Path, decoded: dict[str,
             x = original.to(torch.float64).numpy().reshape(-1)
             y = restored.to(torch.float64).numpy().reshape(-1)
             assert (np.abs(x - y) <= 2.5 * qp_step(coded.qp)).all(), record.name
+        elif coded.frame_mode == 4:
+            continue  # checked above
         elif coded.frame_mode == 0 or original.dim() < 2:
             expected = reference_intra(original, coded.qp)
             assert tensor_to_bytes(restored) == tensor_to_bytes(expected), record.name
@@ -123,10 +159,10 @@ def check_decoded(source: dict[str, torch.Tensor], wbs: Path, decoded: dict[str,
             assert (np.abs(x - y) <= bound).all(), record.name
 
 
-def make(name: str, source_path: Path, options: dict) -> dict:
-    """Encode `source_path` into v1/<name>.wbs, write the expected output; return the manifest entry."""
-    wbs = GOLDEN_DIR / f"{name}.wbs"
-    expected = GOLDEN_DIR / f"{name}.expected.safetensors"
+def make(folder: Path, name: str, source_path: Path, options: dict) -> dict:
+    """Encode `source_path` into <folder>/<name>.wbs, write the expected output; return the manifest entry."""
+    wbs = folder / f"{name}.wbs"
+    expected = folder / f"{name}.expected.safetensors"
     wcodec.encode_file(source_path, wbs, **options)
     with tempfile.TemporaryDirectory() as scratch:
         again = Path(scratch) / "again.wbs"
@@ -145,26 +181,41 @@ def make(name: str, source_path: Path, options: dict) -> dict:
     }
 
 
+def version_1(folder: Path) -> dict:
+    synthetic_source = folder / "synthetic.safetensors"
+    write_safetensors(synthetic_source, synthetic_model(), {"format": "pt", "source": "wcodec golden synthetic"})
+    # Version 1 has no transform frames.
+    return {
+        "synthetic.wbs": make(folder, "synthetic", synthetic_source, {**SYNTHETIC_OPTIONS, "transform": False}),
+        "pnet.wbs": make(folder, "pnet", PNET, {**PNET_OPTIONS, "transform": False}),
+        "synthetic_dq.wbs": make(folder, "synthetic_dq", synthetic_source,
+                                 {**SYNTHETIC_DQ_OPTIONS, "transform": False}),
+    }
+
+
+def version_2(folder: Path) -> dict:
+    return {
+        "pnet_transform.wbs": make(folder, "pnet_transform", PNET, PNET_TRANSFORM_OPTIONS),
+        "pnet_transform_dq.wbs": make(folder, "pnet_transform_dq", PNET, PNET_TRANSFORM_DQ_OPTIONS),
+    }
+
+
 def main() -> int:
-    GOLDEN_DIR.mkdir(parents=True, exist_ok=True)
-    existing = sorted(path.name for path in GOLDEN_DIR.iterdir())
+    writers = {"1": version_1, "2": version_2}
+    if len(sys.argv) != 2 or sys.argv[1] not in writers:
+        print(f"usage: make_golden.py VERSION, VERSION one of {', '.join(writers)}", file=sys.stderr)
+        return 2
+    folder = GOLDEN_ROOT / f"v{sys.argv[1]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = sorted(path.name for path in folder.iterdir())
     if existing:
-        print(f"{GOLDEN_DIR} already holds {', '.join(existing)}; golden files are never replaced",
+        print(f"{folder} already holds {', '.join(existing)}; golden files are never replaced",
               file=sys.stderr)
         return 1
 
-    synthetic_source = GOLDEN_DIR / "synthetic.safetensors"
-    write_safetensors(synthetic_source, synthetic_model(), {"format": "pt", "source": "wcodec golden synthetic"})
-    manifest = {
-        "bitstream_version": 1,
-        "files": {
-            "synthetic.wbs": make("synthetic", synthetic_source, SYNTHETIC_OPTIONS),
-            "pnet.wbs": make("pnet", PNET, PNET_OPTIONS),
-            "synthetic_dq.wbs": make("synthetic_dq", synthetic_source, SYNTHETIC_DQ_OPTIONS),
-        },
-    }
-    (GOLDEN_DIR / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    for path in sorted(GOLDEN_DIR.iterdir()):
+    manifest = {"bitstream_version": int(sys.argv[1]), "files": writers[sys.argv[1]](folder)}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    for path in sorted(folder.iterdir()):
         print(f"{path}: {path.stat().st_size} bytes")
     return 0
 

@@ -39,6 +39,7 @@ FRAME_INTRA = 0
 FRAME_COLLOCATED = 1
 FRAME_ADJACENT = 2
 FRAME_FULL = 3
+FRAME_TRANSFORM = 4  # intra with a DCT over each kernel's taps (wcodec.codec.transform)
 
 MAX_REFS = 8
 

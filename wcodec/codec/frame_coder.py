@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from wcodec.codec import block_syntax, cabac, prediction, quantization, residual_coding, trellis
+from wcodec.codec import (block_syntax, cabac, prediction, quantization, residual_coding, transform,
+                          trellis)
 from wcodec.codec.block_syntax import BLOCK_INTER, BLOCK_INTRA, BLOCK_SKIP
 
 LAMBDA_FACTOR = 2 * np.log(2) / 12
@@ -45,7 +46,8 @@ COST_TABLE_SIZE = 64  # level magnitudes with their own cost estimate; larger on
 FRAME_MODE_NAMES = {block_syntax.FRAME_INTRA: "intra",
                     block_syntax.FRAME_COLLOCATED: "collocated",
                     block_syntax.FRAME_ADJACENT: "adjacent",
-                    block_syntax.FRAME_FULL: "full"}
+                    block_syntax.FRAME_FULL: "full",
+                    block_syntax.FRAME_TRANSFORM: "transform"}
 
 
 @dataclass
@@ -91,22 +93,35 @@ def _block_coded(syntax, rows, cols):
     return (syntax.modes != BLOCK_SKIP).astype(np.uint8)
 
 
-def reconstruct(levels, step, syntax, refs, gain_num, quantizer=QUANTIZER_UNIFORM):
-    """Return the float64 reconstruction (O, I, K) of a frame from its levels and syntax."""
+def step_values(levels, syntax, quantizer):
+    """Return the reconstructions (O, I, K) int64 in steps of a frame's levels."""
     rows, cols, k = levels.shape
     if quantizer == QUANTIZER_DEPENDENT:
         values = quantization.dq_reconstruct(levels.reshape(rows, cols * k),
                                              _block_coded(syntax, rows, cols), k)
-        recon = values.reshape(rows, cols, k).astype(np.float64) * step
-    else:
-        recon = levels.astype(np.float64) * step
+        return values.reshape(rows, cols, k)
+    return levels
+
+
+def reconstruct(levels, step, syntax, refs, gain_num, quantizer=QUANTIZER_UNIFORM,
+                kernel_shape=None):
+    """Return the float64 reconstruction (O, I, K) of a frame from its levels and syntax.
+
+    ``kernel_shape`` marks a transform frame: the levels are the DCT coefficients of
+    blocks with that kernel shape (:mod:`wcodec.codec.transform`) in coding layout
+    (O, K, I), and the reconstruction is (O, I, K) as for other frames.
+    """
+    values = step_values(levels, syntax, quantizer)
+    if kernel_shape is not None:
+        return transform.inverse(values.transpose(0, 2, 1), step, kernel_shape)
+    recon = values.astype(np.float64) * step
     if syntax is None:
         return recon
     _, _, offsets, ref_blocks = _ref_layout(refs)
     inter = (syntax.modes != BLOCK_INTRA).reshape(-1)
     pred = prediction.predict_blocks(ref_blocks, gain_num, syntax.signs.reshape(-1),
                                      _global_indexes(syntax, offsets).reshape(-1), inter)
-    return pred.reshape(rows, cols, k) + recon
+    return pred.reshape(levels.shape) + recon
 
 
 def _level_cost_table(levels):
@@ -362,19 +377,31 @@ def _dq_levels(targets, block_coded, block_size):
     return levels
 
 
+def transform_fits(values, step):
+    """Return whether the DCT coefficients of frame ``values`` (O, I, K) stay within range."""
+    k = values.shape[2]
+    bound = np.abs(values).max(initial=0.0) * np.sqrt(k) / step
+    return bound < transform.MAX_VALUE / 4
+
+
 def encode_frame(values, step, frame_mode, refs, max_candidates=prediction.DEFAULT_MAX_CANDIDATES,
-                 rdo_lambda=0.0, quantizer=QUANTIZER_UNIFORM):
+                 rdo_lambda=0.0, quantizer=QUANTIZER_UNIFORM, kernel_shape=None):
     """Encode a frame (O, I, K) float64 in ``frame_mode`` against reconstructed ``refs``.
 
     ``refs`` lists reference reconstructions (O_r, I_r, K), nearest first; intra ignores them.
     ``rdo_lambda`` > 0 turns on rate-distortion optimized quantization of uniform levels
     with that Lagrange multiplier, in squared steps per bit. ``quantizer`` selects uniform
-    or dependent quantization; block mode decisions always price uniform levels.
+    or dependent quantization; block mode decisions always price uniform levels. A
+    transform frame needs ``kernel_shape`` and values that pass :func:`transform_fits`.
     """
+    if frame_mode == block_syntax.FRAME_TRANSFORM:
+        values = np.ascontiguousarray(transform.forward(values, kernel_shape).transpose(0, 2, 1))
+    else:
+        kernel_shape = None
     rows, cols, k = values.shape
     syntax = None
     gain_num = 0
-    if frame_mode == block_syntax.FRAME_INTRA:
+    if frame_mode in (block_syntax.FRAME_INTRA, block_syntax.FRAME_TRANSFORM):
         levels = quantization.quantize(values, step)
         residual = values
     else:
@@ -391,23 +418,28 @@ def encode_frame(values, step, frame_mode, refs, max_candidates=prediction.DEFAU
     payload, coded = _encode_payload(levels.reshape(rows, cols * k), k, frame_mode, syntax, refs,
                                      targets, rdo_lambda, quantizer == QUANTIZER_DEPENDENT)
     coded = coded.reshape(rows, cols, k)
-    recon = reconstruct(coded, step, syntax, refs, gain_num, quantizer)
+    recon = reconstruct(coded, step, syntax, refs, gain_num, quantizer, kernel_shape)
     return FrameResult(payload, recon, frame_mode, gain_num, syntax)
 
 
-def decode_frame(payload, shape, step, frame_mode, refs, gain_num, quantizer=QUANTIZER_UNIFORM):
+def decode_frame(payload, shape, step, frame_mode, refs, gain_num, quantizer=QUANTIZER_UNIFORM,
+                 kernel_shape=None):
     """Decode a frame payload; return (reconstruction (O, I, K), levels, syntax or None, coder).
 
-    The caller checks ``coder[cabac.ERROR]`` and that all payload bytes were read.
+    The caller checks ``coder[cabac.ERROR]`` and that all payload bytes were read. A
+    transform frame needs ``kernel_shape``; when one of its coefficients exceeds
+    ``transform.MAX_VALUE``, the reconstruction is None.
     """
     rows, cols, k = shape
+    if frame_mode == block_syntax.FRAME_TRANSFORM:
+        cols, k = k, cols  # coefficients are coded frequency by frequency
     buf = np.frombuffer(payload, dtype=np.uint8).copy()
     coder = cabac.new_coder(cabac.DECODE)
     cabac.start_decoder(coder, buf)
     probs, shifts = cabac.new_contexts(N_CONTEXTS)
     level_frame = np.zeros((rows, cols * k), dtype=np.int64)
     syntax = None
-    if frame_mode == block_syntax.FRAME_INTRA:
+    if frame_mode in (block_syntax.FRAME_INTRA, block_syntax.FRAME_TRANSFORM):
         block_coded = np.ones((rows, cols), dtype=np.uint8)
     else:
         syntax = BlockSyntax(np.zeros((rows, cols), np.int8), np.ones((rows, cols), np.int8),
@@ -419,7 +451,11 @@ def decode_frame(payload, shape, step, frame_mode, refs, gain_num, quantizer=QUA
                                     residual_coding._NO_TARGETS, 0.0,
                                     quantizer == QUANTIZER_DEPENDENT)
     levels = level_frame.reshape(rows, cols, k)
-    recon = reconstruct(levels, step, syntax, refs, gain_num, quantizer)
+    if frame_mode != block_syntax.FRAME_TRANSFORM:
+        kernel_shape = None
+    elif np.abs(step_values(levels, syntax, quantizer)).max(initial=0) > transform.MAX_VALUE:
+        return None, levels, syntax, coder
+    recon = reconstruct(levels, step, syntax, refs, gain_num, quantizer, kernel_shape)
     return recon, levels, syntax, coder
 
 

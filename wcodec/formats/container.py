@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 from math import prod
 
 from wcodec.codec.quantization import QP_MAX, QP_MIN
+from wcodec.codec import transform
 from wcodec.codec.block_syntax import (FRAME_ADJACENT, FRAME_COLLOCATED, FRAME_FULL,
-                                       FRAME_INTRA, MAX_REFS)
+                                       FRAME_INTRA, FRAME_TRANSFORM, MAX_REFS)
 from wcodec.errors import InputError, WbsFormatError
 from wcodec.formats import dtypes
 
 MAGIC = b"\x89WBS\r\n\x1a\n"
-VERSION = 1
+VERSION = 2  # the newest bitstream version; a file is written with the lowest that holds it
+VERSIONS = (1, 2)
 PREAMBLE = struct.Struct("<8sHHII")  # magic, version, flags, header_length, header_crc32
 PREAMBLE_SIZE = PREAMBLE.size
 
@@ -33,7 +35,7 @@ MODE_NAMES = {MODE_RAW: "raw", MODE_QUANTIZED: "quantized", MODE_INTEGER: "integ
               MODE_ALIAS: "alias"}
 
 FRAME_MODE_NAMES = {FRAME_INTRA: "intra", FRAME_COLLOCATED: "collocated",
-                    FRAME_ADJACENT: "adjacent", FRAME_FULL: "full"}
+                    FRAME_ADJACENT: "adjacent", FRAME_FULL: "full", FRAME_TRANSFORM: "transform"}
 PRED_GAIN_MAX = 128
 QUANTIZER_NAMES = {0: "uniform", 1: "dependent"}
 
@@ -86,10 +88,22 @@ class WbsHeader:
     metadata: dict | None
     tensors: list = field(default_factory=list)
     order: list = field(default_factory=list)
+    version: int = 1  # of the file read; a writer picks its own (see required_version)
 
     def coding_order(self):
         """Return record indexes in payload order, the order in which they must be decoded."""
         return list(self.order)
+
+    def required_version(self):
+        """Return the lowest bitstream version that can hold these records.
+
+        Version 2 added transform frames; a file without them is written as version 1,
+        so that older decoders still read it.
+        """
+        transform_frames = any(record.coding_mode == MODE_QUANTIZED
+                               and record.frame_mode == FRAME_TRANSFORM
+                               for record in self.tensors)
+        return 2 if transform_frames else 1
 
 
 # Field tables shared by writer and reader: (attribute, wire type).
@@ -266,7 +280,8 @@ def write_container(stream, header, payloads):
     for index in header.order:
         writer.varint(index)
     body = bytes(writer.out)
-    stream.write(PREAMBLE.pack(MAGIC, VERSION, 0, len(body), zlib.crc32(body)))
+    version = header.required_version()
+    stream.write(PREAMBLE.pack(MAGIC, version, 0, len(body), zlib.crc32(body)))
     stream.write(body)
     for _, data in payloads:
         stream.write(data)
@@ -280,9 +295,10 @@ def read_preamble(data, path):
     magic, version, flags, header_length, header_crc = PREAMBLE.unpack_from(data, 0)
     if magic != MAGIC:
         raise WbsFormatError(f"{path}: field magic: not a .wbs file (found {bytes(magic)!r})")
-    if version != VERSION:
-        raise WbsFormatError(f"{path}: field version: this wcodec reads bitstream version "
-                             f"{VERSION}, found {version}; use the wcodec release that wrote it")
+    if version not in VERSIONS:
+        raise WbsFormatError(f"{path}: field version: this wcodec reads bitstream versions "
+                             f"{VERSIONS[0]} to {VERSIONS[-1]}, found {version}; use the wcodec "
+                             f"release that wrote it")
     if flags != 0:
         raise WbsFormatError(f"{path}: field flags: expected 0, found {flags}")
     if header_length > len(data) - PREAMBLE_SIZE:
@@ -327,7 +343,7 @@ def read_container(data, path, limits=DecodeLimits()):
     if count > header_length:
         reader.fail(f"field tensor_count {count} exceeds the header size")
 
-    header = WbsHeader(metadata)
+    header = WbsHeader(metadata, version=PREAMBLE.unpack_from(data, 0)[1])
     names = set()
     for index in range(count):
         reader.where = f"tensor #{index}"
@@ -440,6 +456,17 @@ def _validate_records(header, payload_area, path, limits):
             f"payload; expected none")
 
 
+def _validate_transform_frame(header, record, where):
+    if header.version < 2:
+        raise WbsFormatError(f"{where}: field frame_mode: transform frames need bitstream "
+                             f"version 2, the file declares {header.version}")
+    if prod(record.shape) == 0 or not transform.is_eligible(record.shape[2:]):
+        raise WbsFormatError(f"{where}: field frame_mode: a transform frame needs one or two "
+                             f"kernel dimensions of 1 to {transform.MAX_KERNEL_SIDE} taps, more "
+                             f"than one tap in all and no empty dimension, found shape "
+                             f"{list(record.shape)}")
+
+
 def _validate_frame(header, index, record, position_in_order, where):
     """Check the frame fields of a quantized record against the records coded before it."""
     frame_mode = record.frame_mode
@@ -453,7 +480,9 @@ def _validate_frame(header, index, record, position_in_order, where):
                              f"of two or more nonzero dimensions, found {list(record.shape)}")
     if frame_mode not in FRAME_MODE_NAMES:
         raise WbsFormatError(f"{where}: field frame_mode has unknown value {frame_mode}")
-    if frame_mode == FRAME_INTRA:
+    if frame_mode == FRAME_TRANSFORM:
+        _validate_transform_frame(header, record, where)
+    if frame_mode in (FRAME_INTRA, FRAME_TRANSFORM):
         if record.refs:
             raise WbsFormatError(f"{where}: field refs: an intra frame has no references, "
                                  f"found {len(record.refs)}")
