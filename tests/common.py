@@ -328,15 +328,32 @@ def field(value, encode) -> bytes:
     return value if isinstance(value, (bytes, bytearray)) else encode(value)
 
 
+def shared_name(name: str, previous_name: str) -> bytes:
+    """Return a version 2 name field: the byte count shared with the previous name, then the rest."""
+    data, previous = name.encode("utf-8"), previous_name.encode("utf-8")
+    shared = 0
+    while shared < min(len(data), len(previous)) and data[shared] == previous[shared]:
+        shared += 1
+    return varint(shared) + varint(len(data) - shared) + data[shared:]
+
+
 def record_bytes(name, dtype, shape, mode, *, qp=0, quantizer=0, frame_mode=0, refs=(), pred_gain=0,
-                 alias_of=0, payload_offset=0, payload_length=0, payload_crc32=0) -> bytes:
+                 alias_of=0, payload_offset=0, payload_length=0, payload_crc32=0,
+                 previous_name: str | None = None) -> bytes:
     """Return one tensor record; `dtype` is a name or a wire code, any field may be raw bytes.
 
     The quantized mode fields are qp, quantizer, frame_mode, refs and pred_gain, in the
-    order that wcodec/formats/container.py writes them.
+    order that wcodec/formats/container.py writes them. The name is written as in
+    version 1, or as in version 2 when `previous_name` (the name of the record before, ""
+    for the first) is given.
     """
     code = DTYPE_CODES[dtype] if isinstance(dtype, str) else dtype
-    out = string(name) if not isinstance(name, bytes) else name
+    if isinstance(name, bytes):
+        out = name
+    elif previous_name is None:
+        out = string(name)
+    else:
+        out = shared_name(name, previous_name)
     out += bytes([code])
     if isinstance(shape, (bytes, bytearray)):
         out += shape
@@ -388,16 +405,21 @@ def build_wbs(tensors: list[dict], metadata: dict[str, str] | None = None, trail
 
     Each dict contains the keyword arguments of `record_bytes` plus "payload" (bytes, placed in
     list order). Explicit payload_offset, payload_length or payload_crc32 entries win over
-    the computed ones, so a test can break one of them on purpose.
+    the computed ones, so a test can break one of them on purpose. Names follow the
+    layout of `version`.
     """
     records = []
     area = b""
+    previous_name = ""
     for entry in tensors:
         entry = dict(entry)
         payload = entry.pop("payload", b"")
         entry.setdefault("payload_offset", len(area))
         entry.setdefault("payload_length", len(payload))
         entry.setdefault("payload_crc32", zlib.crc32(payload))
+        if version >= 2 and isinstance(entry["name"], str):
+            entry.setdefault("previous_name", previous_name)
+            previous_name = entry["name"]
         records.append(record_bytes(**entry))
         area += payload
     return wbs_bytes(header_bytes(records, metadata, order), area + trailing, version=version)

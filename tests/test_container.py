@@ -244,7 +244,7 @@ def test_empty_model_bytes(tmp_path):
     with open(path, "wb") as stream:
         container.write_container(stream, container.WbsHeader(None), [])
 
-    assert path.read_bytes() == wbs_bytes(b"\x00\x00")
+    assert path.read_bytes() == wbs_bytes(b"\x00\x00", version=2)
     assert len(path.read_bytes()) == 22
     assert wcodec.load(path) == {}
 
@@ -283,7 +283,7 @@ def test_writer_matches_spec_layout():
         dict(name="w_tied", dtype="F32", shape=(2, 3), mode=MODE_ALIAS, alias_of=0, payload=payloads[3]),
         dict(name="w2", dtype="BF16", shape=(2, 3), mode=MODE_QUANTIZED, qp=-256, quantizer=1, frame_mode=3,
              refs=(0, 0), pred_gain=128, payload=payloads[4]),
-    ], metadata)
+    ], metadata, version=2)
 
     assert bytes(out) == expected
     parsed, _ = container.read_container(expected, "x.wbs")
@@ -512,5 +512,26 @@ def test_empty_safetensors_roundtrip(tmp_path):
     wcodec.decode_file(tmp_path / "empty.wbs", tmp_path / "restored.safetensors")
 
     assert header.tensors == []
-    assert (tmp_path / "empty.wbs").read_bytes() == wbs_bytes(header_bytes([], None))
+    assert (tmp_path / "empty.wbs").read_bytes() == wbs_bytes(header_bytes([], None), version=2)
     assert wcodec.load(tmp_path / "empty.wbs") == {}
+
+
+def test_version_2_names_share_prefixes(tmp_path):
+    path = tmp_path / "names.wbs"
+    data = build_wbs([dict(name="block.0.weight", dtype="F32", shape=(2,), mode=MODE_RAW, payload=bytes(8)),
+                      dict(name="block.0.bias", dtype="F32", shape=(2,), mode=MODE_RAW, payload=bytes(8))],
+                     version=2)
+    path.write_bytes(data)
+
+    assert b"block.0.bias" not in data
+    assert list(wcodec.load(path)) == ["block.0.weight", "block.0.bias"]
+
+
+@pytest.mark.parametrize("shared, message", [(1, "exceeds the 0 bytes of the previous name"),
+                                             (0, "not valid UTF-8")])
+def test_version_2_name_rejected(shared, message):
+    name = varint(shared) + varint(1) + b"\xff"
+    data = build_wbs([dict(name=name, dtype="F32", shape=(2,), mode=MODE_RAW, payload=bytes(8))], version=2)
+
+    with pytest.raises(WbsFormatError, match=message):
+        container.read_container(data, "x.wbs")

@@ -314,8 +314,12 @@ def assemble(layout: Layout) -> bytes:
                                payload_crc32=zlib.crc32(payload))
         area += payload
     records = []
+    previous_name = ""
     for index, fields in enumerate(layout.records):
         fields = {**computed[index], **fields}
+        if layout.version >= 2 and isinstance(fields["name"], str):
+            fields["previous_name"] = previous_name
+            previous_name = fields["name"]
         records.append(record_bytes(**fields))
 
     if layout.metadata_bytes is not None:

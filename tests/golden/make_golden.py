@@ -194,7 +194,9 @@ def version_1(folder: Path) -> dict:
 
 
 def version_2(folder: Path) -> dict:
+    synthetic_source = GOLDEN_ROOT / "v1" / "synthetic.safetensors"
     return {
+        "synthetic_v2.wbs": make(folder, "synthetic_v2", synthetic_source, SYNTHETIC_OPTIONS),
         "pnet_transform.wbs": make(folder, "pnet_transform", PNET, PNET_TRANSFORM_OPTIONS),
         "pnet_transform_dq.wbs": make(folder, "pnet_transform_dq", PNET, PNET_TRANSFORM_DQ_OPTIONS),
     }

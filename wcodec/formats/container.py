@@ -22,8 +22,8 @@ from wcodec.errors import InputError, WbsFormatError
 from wcodec.formats import dtypes
 
 MAGIC = b"\x89WBS\r\n\x1a\n"
-VERSION = 2  # the newest bitstream version; a file is written with the lowest that holds it
-VERSIONS = (1, 2)
+VERSION = 2  # the version this wcodec writes
+VERSIONS = (1, 2)  # the versions it reads
 PREAMBLE = struct.Struct("<8sHHII")  # magic, version, flags, header_length, header_crc32
 PREAMBLE_SIZE = PREAMBLE.size
 
@@ -88,26 +88,15 @@ class WbsHeader:
     metadata: dict | None
     tensors: list = field(default_factory=list)
     order: list = field(default_factory=list)
-    version: int = 1  # of the file read; a writer picks its own (see required_version)
+    version: int = VERSION  # of the file read; a writer always writes VERSION
 
     def coding_order(self):
         """Return record indexes in payload order, the order in which they must be decoded."""
         return list(self.order)
 
-    def required_version(self):
-        """Return the lowest bitstream version that can hold these records.
-
-        Version 2 added transform frames; a file without them is written as version 1,
-        so that older decoders still read it.
-        """
-        transform_frames = any(record.coding_mode == MODE_QUANTIZED
-                               and record.frame_mode == FRAME_TRANSFORM
-                               for record in self.tensors)
-        return 2 if transform_frames else 1
-
 
 # Field tables shared by writer and reader: (attribute, wire type).
-_RECORD_FIELDS = (("name", "string"), ("dtype", "dtype"), ("shape", "shape"),
+_RECORD_FIELDS = (("name", "name"), ("dtype", "dtype"), ("shape", "shape"),
                   ("coding_mode", "u8"))
 _MODE_FIELDS = {
     MODE_RAW: (),
@@ -120,9 +109,19 @@ _PAYLOAD_FIELDS = (("payload_offset", "varint"), ("payload_length", "varint"),
                    ("payload_crc32", "u32"))
 
 
+def _shared_prefix(previous, current):
+    """Return the number of leading bytes that two byte strings share."""
+    limit = min(len(previous), len(current))
+    count = 0
+    while count < limit and previous[count] == current[count]:
+        count += 1
+    return count
+
+
 class _Writer:
     def __init__(self):
         self.out = bytearray()
+        self.previous_name = b""
 
     def u8(self, value):
         self.out.append(value)
@@ -145,13 +144,27 @@ class _Writer:
     def svarint(self, value):
         self.varint((value << 1) if value >= 0 else ((-value << 1) - 1))
 
-    def string(self, value):
+    @staticmethod
+    def _utf8(value):
         data = value.encode("utf-8")
         if len(data) > MAX_NAME_BYTES:
             raise InputError(f"string {value[:40]!r}... is {len(data)} bytes in UTF-8; a .wbs "
                              f"file holds at most {MAX_NAME_BYTES}")
+        return data
+
+    def string(self, value):
+        data = self._utf8(value)
         self.varint(len(data))
         self.out += data
+
+    def name(self, value):
+        """Write a tensor name: the byte count it shares with the previous name, then the rest."""
+        data = self._utf8(value)
+        shared = _shared_prefix(self.previous_name, data)
+        self.varint(shared)
+        self.varint(len(data) - shared)
+        self.out += data[shared:]
+        self.previous_name = data
 
     def dtype(self, value):
         self.u8(dtypes.dtype_by_name(value).wire_code)
@@ -173,11 +186,13 @@ class _Writer:
 class _Reader:
     """Bounds-checked cursor over the header bytes; ``where`` names what is being read."""
 
-    def __init__(self, data, path):
+    def __init__(self, data, path, version=VERSION):
         self.data = data
         self.pos = 0
         self.path = path
         self.where = "header"
+        self.version = version
+        self.previous_name = b""
 
     def fail(self, message):
         raise WbsFormatError(f"{self.path}: {self.where}: {message}")
@@ -213,15 +228,29 @@ class _Reader:
         value = self.varint(field_name)
         return (value >> 1) if not value & 1 else -((value + 1) >> 1)
 
-    def string(self, field_name):
+    def string(self, field_name, prefix=b""):
         length = self.varint(field_name + " length")
-        if length > MAX_NAME_BYTES:
-            self.fail(f"field {field_name} length {length} exceeds {MAX_NAME_BYTES} bytes")
-        raw = self.take(length, field_name)
+        if len(prefix) + length > MAX_NAME_BYTES:
+            self.fail(f"field {field_name} length {len(prefix) + length} exceeds "
+                      f"{MAX_NAME_BYTES} bytes")
+        raw = prefix + self.take(length, field_name)
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             self.fail(f"field {field_name} is not valid UTF-8")
+
+    def name(self, field_name):
+        """Read a tensor name; from version 2 on it starts with bytes of the previous name."""
+        prefix = b""
+        if self.version >= 2:
+            shared = self.varint(field_name + " shared")
+            if shared > len(self.previous_name):
+                self.fail(f"field {field_name} shared: {shared} bytes exceeds the "
+                          f"{len(self.previous_name)} bytes of the previous name")
+            prefix = self.previous_name[:shared]
+        value = self.string(field_name, prefix)
+        self.previous_name = value.encode("utf-8")
+        return value
 
     def dtype(self, field_name):
         code = self.u8(field_name)
@@ -280,8 +309,7 @@ def write_container(stream, header, payloads):
     for index in header.order:
         writer.varint(index)
     body = bytes(writer.out)
-    version = header.required_version()
-    stream.write(PREAMBLE.pack(MAGIC, version, 0, len(body), zlib.crc32(body)))
+    stream.write(PREAMBLE.pack(MAGIC, VERSION, 0, len(body), zlib.crc32(body)))
     stream.write(body)
     for _, data in payloads:
         stream.write(data)
@@ -321,7 +349,8 @@ def read_container(data, path, limits=DecodeLimits()):
     if header_length > limits.max_header_bytes:
         raise WbsFormatError(f"{path}: field header_length: {header_length} bytes exceeds the "
                              f"limit of {limits.max_header_bytes}")
-    reader = _Reader(bytes(data[PREAMBLE_SIZE:PREAMBLE_SIZE + header_length]), path)
+    version = PREAMBLE.unpack_from(data, 0)[1]
+    reader = _Reader(bytes(data[PREAMBLE_SIZE:PREAMBLE_SIZE + header_length]), path, version)
     metadata = None
     present = reader.u8("metadata_present")
     if present > 1:
@@ -343,7 +372,7 @@ def read_container(data, path, limits=DecodeLimits()):
     if count > header_length:
         reader.fail(f"field tensor_count {count} exceeds the header size")
 
-    header = WbsHeader(metadata, version=PREAMBLE.unpack_from(data, 0)[1])
+    header = WbsHeader(metadata, version=version)
     names = set()
     for index in range(count):
         reader.where = f"tensor #{index}"
