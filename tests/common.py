@@ -343,9 +343,9 @@ def record_bytes(name, dtype, shape, mode, *, qp=0, quantizer=0, frame_mode=0, r
     """Return one tensor record; `dtype` is a name or a wire code, any field may be raw bytes.
 
     The quantized mode fields are qp, quantizer, frame_mode, refs and pred_gain, in the
-    order that wcodec/formats/container.py writes them. The name is written as in
-    version 1, or as in version 2 when `previous_name` (the name of the record before, ""
-    for the first) is given.
+    order that wcodec/formats/container.py writes them. The record follows version 1, or
+    version 2 when `previous_name` (the name of the record before, "" for the first) is
+    given: the name shares a prefix with it, and payload_offset is left out.
     """
     code = DTYPE_CODES[dtype] if isinstance(dtype, str) else dtype
     if isinstance(name, bytes):
@@ -366,7 +366,9 @@ def record_bytes(name, dtype, shape, mode, *, qp=0, quantizer=0, frame_mode=0, r
         out += field(pred_gain, varint)
     elif mode == MODE_ALIAS:
         out += field(alias_of, varint)
-    out += field(payload_offset, varint) + field(payload_length, varint)
+    if previous_name is None:
+        out += field(payload_offset, varint)
+    out += field(payload_length, varint)
     out += struct.pack("<I", payload_crc32)
     return out
 
@@ -417,9 +419,9 @@ def build_wbs(tensors: list[dict], metadata: dict[str, str] | None = None, trail
         entry.setdefault("payload_offset", len(area))
         entry.setdefault("payload_length", len(payload))
         entry.setdefault("payload_crc32", zlib.crc32(payload))
-        if version >= 2 and isinstance(entry["name"], str):
+        if version >= 2:
             entry.setdefault("previous_name", previous_name)
-            previous_name = entry["name"]
+            previous_name = entry["name"] if isinstance(entry["name"], str) else ""
         records.append(record_bytes(**entry))
         area += payload
     return wbs_bytes(header_bytes(records, metadata, order), area + trailing, version=version)

@@ -317,9 +317,9 @@ def assemble(layout: Layout) -> bytes:
     previous_name = ""
     for index, fields in enumerate(layout.records):
         fields = {**computed[index], **fields}
-        if layout.version >= 2 and isinstance(fields["name"], str):
+        if layout.version >= 2:
             fields["previous_name"] = previous_name
-            previous_name = fields["name"]
+            previous_name = fields["name"] if isinstance(fields["name"], str) else ""
         records.append(record_bytes(**fields))
 
     if layout.metadata_bytes is not None:

@@ -272,9 +272,11 @@ class _Reader:
         return tuple(self.varint(f"{field_name}[{i}]") for i in range(count))
 
 
-def _record_fields(record_or_mode):
+def _record_fields(record_or_mode, version=VERSION):
     mode = record_or_mode if isinstance(record_or_mode, int) else record_or_mode.coding_mode
-    return _RECORD_FIELDS, _MODE_FIELDS[mode], _PAYLOAD_FIELDS
+    # From version 2 on, payload offsets follow from the coding order and are not stored.
+    payload_fields = _PAYLOAD_FIELDS if version < 2 else _PAYLOAD_FIELDS[1:]
+    return _RECORD_FIELDS, _MODE_FIELDS[mode], payload_fields
 
 
 def write_container(stream, header, payloads):
@@ -384,7 +386,7 @@ def read_container(data, path, limits=DecodeLimits()):
         mode = values["coding_mode"]
         if mode not in _MODE_FIELDS:
             reader.fail(f"field coding_mode has unknown value {mode}")
-        for group in _record_fields(mode)[1:]:
+        for group in _record_fields(mode, version)[1:]:
             for name, kind in group:
                 values[name] = getattr(reader, kind)(name)
         record = TensorRecord(**values)
@@ -406,6 +408,11 @@ def read_container(data, path, limits=DecodeLimits()):
     if reader.pos != len(reader.data):
         raise WbsFormatError(f"{path}: header: {len(reader.data) - reader.pos} bytes left after "
                              f"the last tensor record; expected none")
+    if version >= 2:
+        offset = 0
+        for index in header.order:
+            header.tensors[index].payload_offset = offset
+            offset += header.tensors[index].payload_length
 
     payload_base = PREAMBLE_SIZE + header_length
     _validate_records(header, len(data) - payload_base, path, limits)
