@@ -305,7 +305,7 @@ def _find_aliases(reader, infos, coding_order, options):
     seen = {}
     for index in coding_order:
         info = infos[index]
-        raw = dtypes.tensor_to_bytes(reader.read(info.name))
+        raw = dtypes.tensor_byte_view(reader.read(info.name, copy=False))
         key = (info.dtype, tuple(info.shape), is_kept(info.name, options),
                hashlib.sha256(raw).digest())
         if key in seen:
@@ -368,8 +368,10 @@ def encode_file(src, dst, *, qp=quantization.DEFAULT_QP, keep=(), mode=DEFAULT_M
         read_lock = threading.Lock()
 
         def read(index):
+            # A view of the memory map: the encoder never writes into its input, and
+            # the reader stays open until every task has finished.
             with read_lock:
-                return reader.read(infos[index].name)
+                return reader.read(infos[index].name, copy=False)
 
         with atomic_output(dst, force=force, inputs=(src,)) as tmp_path:
             coding_order = ordering.order_tensors(
