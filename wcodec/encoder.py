@@ -256,15 +256,23 @@ def _promising_modes(blocks, step, candidates, available, options, history):
     An inter mode is promising when :func:`mode_estimate.estimate_gains` expects it to
     save more than MIN_ESTIMATED_GAIN of the intra bits and, in a frame of at least
     TRIAL_MIN_ROWS rows, when it also codes a sample of the rows smaller than intra
-    (:func:`_trial_modes`). The estimate costs a few passes over the frame and the
-    trial about 1 / TRIAL_ROW_STRIDE of coding the frame in full.
+    (:func:`_trial_modes`). Where collocated is promising, adjacent and full are too.
+    The estimate costs a few passes over the frame and the trial about
+    1 / TRIAL_ROW_STRIDE of coding the frame in full.
     """
     inter_modes = [mode for mode in candidates if mode != FRAME_INTRA]
+    promising = []
     if inter_modes:
-        inter_modes = _estimated_modes(blocks, step, inter_modes, available, options, history)
-    if inter_modes and blocks.shape[0] >= TRIAL_MIN_ROWS:
-        inter_modes = _trial_modes(blocks, step, inter_modes, available, options, history)
-    return (FRAME_INTRA, *inter_modes)
+        promising = _estimated_modes(blocks, step, inter_modes, available, options, history)
+    if promising and blocks.shape[0] >= TRIAL_MIN_ROWS:
+        promising = _trial_modes(blocks, step, promising, available, options, history)
+    if FRAME_COLLOCATED in promising:
+        # The predicted reference of adjacent and full frames starts at the collocated
+        # block and follows the row, so where collocated prediction pays they may pay a
+        # little more.
+        promising = [mode for mode in inter_modes
+                     if mode in promising or mode in (FRAME_ADJACENT, FRAME_FULL)]
+    return (FRAME_INTRA, *promising)
 
 
 def _encode_frame(info, values, qp, options, history, pool=None):

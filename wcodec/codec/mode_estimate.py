@@ -8,19 +8,18 @@ The estimate prices every block with the cost model of the block decision in
 :mod:`wcodec.codec.frame_coder`: J = D + lambda * R, with R from the histogram of the
 frame's intra levels. A block's gain is how much lower J is when the block is predicted
 from its candidate reference block (either sign) than when it is coded intra, in bits,
-or zero. Each inter block pays two bits (the sign and the skip flag) plus its reference:
-nothing in ``collocated`` frames, one bit for a block that continues the match of its
-left neighbour (a ``pred_hit``), else one bit, the slot and the block index. The frame's
+or zero. Each inter block pays two bits (the sign and the skip flag) plus its reference.
+The reference costs nothing in ``collocated`` frames and one bit for a block that
+continues the match of its left neighbour (a ``pred_hit``). Any other reference costs
+one bit, the slot and the block index. The frame's
 gain is the best total over the m blocks of largest gain, less the N * H(m / N) bits
 that the inter flags of N blocks take when m of them are inter.
 
 Candidate references: the collocated block, at frame gain 1 or at the least-squares
 gain, for ``collocated``. The best match (see :func:`wcodec.codec.prediction.best_match`)
 in the nearest reference for ``adjacent`` and in any reference for ``full``, at gain 1
-and with at most SEARCH_MAX_CANDIDATES examined per block; both modes can also follow
-the collocated blocks, so their estimate is at least the collocated one. Block matching
-runs on every SEARCH_ROW_STRIDE-th row of a frame only, and that gain is scaled up to
-the whole frame.
+and with at most SEARCH_MAX_CANDIDATES examined per block. The estimate examines every
+SAMPLE_ROW_STRIDE-th row of a frame only, and scales that gain up to the whole frame.
 
 The estimate ignores context adaptation. It overrates frames where many blocks gain a
 fraction of a bit (1x1 convolutions, whose blocks are single weights) and underrates
@@ -35,8 +34,8 @@ from wcodec.codec import prediction, quantization
 from wcodec.codec.block_syntax import FRAME_ADJACENT, FRAME_COLLOCATED, FRAME_FULL
 from wcodec.codec.frame_coder import LAMBDA_FACTOR, _block_cost, _level_cost_table
 
-SEARCH_ROW_STRIDE = 8
-SEARCH_MIN_ROWS = 4  # rows that block matching examines at least, where the frame has them
+SAMPLE_ROW_STRIDE = 8
+SAMPLE_MIN_ROWS = 4  # rows that the estimate examines at least, where the frame has them
 SEARCH_MAX_CANDIDATES = 16
 INTER_BLOCK_BITS = 2.0  # sign and skip flag of an inter block
 TAIL_SLOPE = 2.0  # bits per doubling of a level magnitude beyond the cost table
@@ -116,28 +115,31 @@ def _collocated_gain(blocks, refs, step, lam, level_cost):
     ref_rows, ref_cols = refs[0].shape[:2]
     overlap_rows = min(rows, ref_rows)
     overlap_cols = min(cols, ref_cols)
-    o = np.arange(rows)[:, None]
-    i = np.arange(cols)[None, :]
-    index = np.where((o < ref_rows) & (i < ref_cols), o * ref_cols + i, -1).reshape(-1)
     fitted = _fitted_gain(blocks[:overlap_rows, :overlap_cols].reshape(-1, k),
                           refs[0][:overlap_rows, :overlap_cols].reshape(-1, k))
-    block_gains = np.empty(rows * cols)
-    _block_gains(np.ascontiguousarray(blocks.reshape(-1, k)),
-                 np.ascontiguousarray(refs[0].reshape(-1, k)), index, np.zeros(rows * cols),
+    stride = _sample_stride(rows)
+    o = np.arange(0, rows, stride)[:, None]
+    i = np.arange(cols)[None, :]
+    index = np.where((o < ref_rows) & (i < ref_cols), o * ref_cols + i, -1).reshape(-1)
+    block_gains = np.empty(index.size)
+    _block_gains(np.ascontiguousarray(blocks[::stride].reshape(-1, k)),
+                 np.ascontiguousarray(refs[0].reshape(-1, k)), index, np.zeros(index.size),
                  step, lam, level_cost, np.unique([1.0, fitted]), block_gains)
-    return _frame_gain(block_gains)
+    return _frame_gain(block_gains) * (rows / o.shape[0])
 
 
-def _search_rows(blocks):
-    """Return every SEARCH_ROW_STRIDE-th row of a frame, or more rows where that leaves
-    fewer than SEARCH_MIN_ROWS."""
-    stride = max(1, min(SEARCH_ROW_STRIDE, blocks.shape[0] // SEARCH_MIN_ROWS))
-    return blocks[::stride]
+def _sample_stride(rows):
+    """Return the stride of the rows that the estimate examines.
+
+    Every SAMPLE_ROW_STRIDE-th row, or every row where that would leave fewer than
+    SAMPLE_MIN_ROWS rows.
+    """
+    return max(1, min(SAMPLE_ROW_STRIDE, rows // SAMPLE_MIN_ROWS))
 
 
 def _matched_gains(blocks, frame_modes, indexes, step, lam, level_cost, max_candidates):
     """Return {mode: estimated gain} of ``adjacent`` and ``full`` from one search per reference."""
-    sample = _search_rows(blocks)
+    sample = blocks[::_sample_stride(blocks.shape[0])]
     rows, cols, k = sample.shape
     cur = np.ascontiguousarray(sample.reshape(-1, k))
     searches = [prediction.best_match(cur, None, max_candidates, index=index)
@@ -188,17 +190,11 @@ def estimate_gains(blocks, step, frame_modes, refs, search_indexes,
     unknown = set(frame_modes) - {FRAME_COLLOCATED, FRAME_ADJACENT, FRAME_FULL}
     if unknown:
         raise ValueError(f"frame modes {sorted(unknown)} are not inter modes")
-    collocated = _collocated_gain(blocks, refs, step, lam, level_cost)
     gains = {}
     if FRAME_COLLOCATED in frame_modes:
-        gains[FRAME_COLLOCATED] = collocated
+        gains[FRAME_COLLOCATED] = _collocated_gain(blocks, refs, step, lam, level_cost)
     matched = [mode for mode in frame_modes if mode in (FRAME_ADJACENT, FRAME_FULL)]
     if matched:
-        found = _matched_gains(blocks, matched, search_indexes, step, lam, level_cost,
-                               min(max_candidates, SEARCH_MAX_CANDIDATES))
-        for frame_mode in matched:
-            # The predicted reference of the block syntax starts at the collocated block
-            # and continues along the row, so these modes can also predict every block
-            # from its collocated block for about one pred_hit bin each.
-            gains[frame_mode] = max(found[frame_mode], collocated)
+        gains.update(_matched_gains(blocks, matched, search_indexes, step, lam, level_cost,
+                                    min(max_candidates, SEARCH_MAX_CANDIDATES)))
     return gains, intra_bits
