@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from wcodec.formats.dtypes import (
     dtype_by_wire_code,
     float64_to_tensor,
     int64_to_tensor,
+    tensor_byte_view,
     tensor_from_bytes,
     tensor_to_bytes,
     tensor_to_float64,
@@ -182,6 +184,29 @@ def test_tensor_to_float64_returns_copy():
     assert tensor[0].item() == 1.0
 
 
+@pytest.mark.parametrize("dtype_name", [d.name for d in DTYPES if d.kind == "float"])
+def test_tensor_to_float64_signalling_nan_no_warning(dtype_name):
+    tensor = tensor_from_bytes(b"".join(SPECIAL_BYTES[dtype_name]), dtype_name,
+                               (len(SPECIAL_BYTES[dtype_name]),))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values = tensor_to_float64(tensor)
+
+    assert values.dtype == np.float64
+    assert np.array_equal(np.isnan(values), torch.isnan(tensor).numpy())
+
+
+@pytest.mark.parametrize("dtype_name", DTYPE_NAMES)
+def test_tensor_byte_view_matches_bytes(dtype_name):
+    tensor = tensor_from_bytes(random_bytes(dtype_name, 12, seed=3), dtype_name, (3, 4))
+    view = tensor_byte_view(tensor)
+
+    assert view.dtype == np.uint8
+    assert view.tobytes() == tensor_to_bytes(tensor)
+    assert tensor_byte_view(tensor[:, ::2]).tobytes() == tensor_to_bytes(tensor[:, ::2])
+    assert tensor_byte_view(tensor[:0]).size == 0
+
+
 def test_float64_to_tensor_rounds_to_nearest():
     # BF16 has a spacing of 2**-7 above 1.0, and ties round to the even neighbour.
     values = np.array([1.0 + 2.0**-9, 1.0 + 3 * 2.0**-9, 1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8])
@@ -318,6 +343,25 @@ def test_writer_output_loads_with_safe_open(tmp_path):
             assert loaded.dtype == tensor.dtype
             assert loaded.shape == tensor.shape
             assert tensor_to_bytes(loaded) == tensor_to_bytes(tensor)
+
+
+def test_reader_read_without_copy(tmp_path):
+    path = tmp_path / "model.safetensors"
+    tensors = {"weight": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+               "flags": torch.tensor([True, False, True])}
+    write_tensors(path, tensors, None)
+    with SafetensorsReader(path) as reader:
+        for name, tensor in tensors.items():
+            view = reader.read(name, copy=False)
+            copy = reader.read(name)
+
+            assert view.dtype == tensor.dtype
+            assert torch.equal(view, tensor)
+            assert torch.equal(copy, tensor)
+            assert view.data_ptr() != copy.data_ptr()
+        # Two views of one tensor share the memory map.
+        assert reader.read("weight", copy=False).data_ptr() == \
+            reader.read("weight", copy=False).data_ptr()
 
 
 def test_u64_max_round_trips(tmp_path):

@@ -12,10 +12,19 @@ For each tensor the encoder picks a coding mode:
 
 Tensors are coded in the frame order of :mod:`wcodec.codec.ordering`. A frame's references
 are the most recent earlier frames with the same kernel shape: one for ``collocated`` and
-``adjacent``, up to ``FULL_SEARCH_WINDOW`` for ``full``. With ``mode="auto"`` every frame
-is coded in each frame mode its references allow, and the smallest result is kept (the
-payload plus the header bytes that the mode's fields add), so auto is never larger than
-intra. References are the decoder's reconstructions, rounded to the tensor's dtype.
+``adjacent``, up to ``FULL_SEARCH_WINDOW`` for ``full``. References are the decoder's
+reconstructions, rounded to the tensor's dtype.
+
+With ``mode="auto"`` every frame is coded in intra and in each inter mode that its
+references allow and that looks promising, and the smallest result is kept (the payload
+plus the header bytes that the mode's fields add), so auto is never larger than intra.
+An inter mode looks promising when two cheap tests expect it to beat intra. First, the
+estimate of :mod:`wcodec.codec.mode_estimate` must exceed MIN_ESTIMATED_GAIN of the
+estimated intra bits. Second, in frames of at least TRIAL_MIN_ROWS rows, coding every
+TRIAL_ROW_STRIDE-th row in that mode must give fewer bytes than in intra. On
+conventionally trained models these tests reject almost every inter mode, so auto costs
+little more than intra. The tests are deterministic, so the output does not depend on
+the number of jobs.
 
 Tensors are read one at a time; the coded payloads and the reconstructions of the last
 few frames of each kernel shape stay in memory until the container is written.
@@ -32,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wcodec.codec import (frame_coder, frames, ordering, prediction, quantization,
+from wcodec.codec import (frame_coder, frames, mode_estimate, ordering, prediction, quantization,
                           residual_coding, transform)
 from wcodec.codec.block_syntax import (FRAME_ADJACENT, FRAME_COLLOCATED, FRAME_FULL,
                                        FRAME_INTRA, FRAME_TRANSFORM)
@@ -49,6 +58,14 @@ QUANTIZERS = ("uniform", "dependent")
 RDOQ_LAMBDA = 0.1  # squared steps per bit
 DEFAULT_MODE = "auto"
 FULL_SEARCH_WINDOW = 4
+# Auto codes an inter frame mode in full only when its estimated gain over intra exceeds
+# this share of the estimated intra bits (see wcodec.codec.mode_estimate).
+MIN_ESTIMATED_GAIN = 0.01
+# Inter modes that pass the estimate are then coded on every TRIAL_ROW_STRIDE-th row of
+# frames with at least TRIAL_MIN_ROWS rows, and coded in full only if that sample codes
+# smaller than intra.
+TRIAL_ROW_STRIDE = 8
+TRIAL_MIN_ROWS = 16
 _FRAME_MODES = {"intra": (FRAME_INTRA,), "collocated": (FRAME_COLLOCATED,),
                 "adjacent": (FRAME_ADJACENT,), "full": (FRAME_FULL,),
                 "auto": (FRAME_INTRA, FRAME_COLLOCATED, FRAME_ADJACENT, FRAME_FULL)}
@@ -167,15 +184,99 @@ class FrameHistory:
     def __init__(self, window=FULL_SEARCH_WINDOW):
         self.window = window
         self._by_kernel = {}
+        self._search_indexes = {}
 
     def references(self, kernel_shape):
         """Return [(record index, reconstruction (O, I, K))], most recent first."""
         return list(reversed(self._by_kernel.get(kernel_shape, [])))
 
+    def search_index(self, index, reconstruction):
+        """Return the block-matching index of a reference, built on first use."""
+        if index not in self._search_indexes:
+            blocks = reconstruction.reshape(-1, reconstruction.shape[2])
+            self._search_indexes[index] = prediction.search_index(blocks)
+        return self._search_indexes[index]
+
     def add(self, kernel_shape, index, reconstruction):
         frames_of_shape = self._by_kernel.setdefault(kernel_shape, [])
         frames_of_shape.append((index, reconstruction))
+        for dropped, _ in frames_of_shape[:-self.window]:
+            self._search_indexes.pop(dropped, None)
         del frames_of_shape[:-self.window]
+
+
+def _mode_refs(frame_mode, available):
+    """Return the [(record index, reconstruction)] that a frame mode predicts from."""
+    if frame_mode in (FRAME_INTRA, FRAME_TRANSFORM):
+        return []
+    if frame_mode == FRAME_FULL:
+        return available[:FULL_SEARCH_WINDOW]
+    return available[:1]
+
+
+def _search_index(frame_mode, available, history):
+    """Return the cached block-matching index of an adjacent frame's reference, else None."""
+    if frame_mode != FRAME_ADJACENT:
+        return None
+    index, recon = available[0]
+    return history.search_index(index, recon)
+
+
+def _estimated_modes(blocks, step, inter_modes, available, options, history):
+    """Return the inter modes whose estimated gain exceeds MIN_ESTIMATED_GAIN of intra's bits."""
+    refs = available[:FULL_SEARCH_WINDOW]
+    indexes = []
+    if FRAME_ADJACENT in inter_modes or FRAME_FULL in inter_modes:
+        indexes = [history.search_index(index, recon) for index, recon in refs]
+    gains, intra_bits = mode_estimate.estimate_gains(blocks, step, inter_modes,
+                                                     [recon for _, recon in refs], indexes,
+                                                     options.max_candidates)
+    return [mode for mode in inter_modes if gains[mode] > MIN_ESTIMATED_GAIN * intra_bits]
+
+
+def _trial_modes(blocks, step, inter_modes, available, options, history):
+    """Return the inter modes that code every TRIAL_ROW_STRIDE-th row smaller than intra does.
+
+    Collocated prediction takes the same rows of its reference, so that a sampled
+    block keeps its collocated block; adjacent and full search whole references.
+    """
+    sample = np.ascontiguousarray(blocks[::TRIAL_ROW_STRIDE])
+    quantizer = QUANTIZERS.index(options.quantizer)
+    sizes = {}
+    for frame_mode in (FRAME_INTRA, *inter_modes):
+        refs = [recon for _, recon in _mode_refs(frame_mode, available)]
+        if frame_mode == FRAME_COLLOCATED:
+            refs = [refs[0][::TRIAL_ROW_STRIDE]]
+        result = frame_coder.encode_frame(sample, step, frame_mode, refs, options.max_candidates,
+                                          RDOQ_LAMBDA if options.rdoq else 0.0, quantizer,
+                                          search=_search_index(frame_mode, available, history))
+        sizes[frame_mode] = len(result.payload)
+    return [mode for mode in inter_modes if sizes[mode] < sizes[FRAME_INTRA]]
+
+
+def _promising_modes(blocks, step, candidates, available, options, history):
+    """Return the candidate frame modes worth coding in full: intra and promising inter modes.
+
+    An inter mode is promising when :func:`mode_estimate.estimate_gains` expects it to
+    save more than MIN_ESTIMATED_GAIN of the intra bits and, in a frame of at least
+    TRIAL_MIN_ROWS rows, when it also codes a sample of the rows smaller than intra
+    (:func:`_trial_modes`). Where collocated is promising, adjacent and full are too.
+    The estimate costs a few passes over the frame and the trial about
+    1 / TRIAL_ROW_STRIDE of coding the frame in full.
+    """
+    inter_modes = [mode for mode in candidates if mode != FRAME_INTRA]
+    promising = []
+    if inter_modes:
+        promising = _estimated_modes(blocks, step, inter_modes, available, options, history)
+    if promising and blocks.shape[0] >= TRIAL_MIN_ROWS:
+        promising = _trial_modes(blocks, step, promising, available, options, history)
+    if FRAME_COLLOCATED in promising:
+        # The predicted reference of adjacent and full frames starts at the collocated
+        # block and follows the row, so where collocated prediction pays they may pay a
+        # little more.
+        promising = [mode for mode in inter_modes
+                     if mode in promising or mode in (FRAME_ADJACENT, FRAME_FULL)]
+    return (FRAME_INTRA, *promising)
 
 
 def _encode_frame(info, values, qp, options, history, pool=None):
@@ -190,22 +291,20 @@ def _encode_frame(info, values, qp, options, history, pool=None):
     kernel = ordering.kernel_shape(shape)
     available = history.references(kernel)
     candidates = _FRAME_MODES[options.mode] if available else (FRAME_INTRA,)
+    if len(candidates) > 1:
+        candidates = _promising_modes(blocks, step, candidates, available, options, history)
     if FRAME_INTRA in candidates and options.transform and transform.is_eligible(kernel) \
             and frame_coder.transform_fits(blocks, step):
-        candidates = (FRAME_INTRA, FRAME_TRANSFORM) + candidates[1:]
+        candidates = (FRAME_INTRA, FRAME_TRANSFORM) + tuple(candidates[1:])
     quantizer = QUANTIZERS.index(options.quantizer)
 
     def code(frame_mode):
-        if frame_mode in (FRAME_INTRA, FRAME_TRANSFORM):
-            refs = []
-        elif frame_mode == FRAME_FULL:
-            refs = available[:FULL_SEARCH_WINDOW]
-        else:
-            refs = available[:1]
+        refs = _mode_refs(frame_mode, available)
         result = frame_coder.encode_frame(blocks, step, frame_mode, [r for _, r in refs],
                                           options.max_candidates,
                                           RDOQ_LAMBDA if options.rdoq else 0.0, quantizer,
-                                          kernel)
+                                          kernel_shape=kernel,
+                                          search=_search_index(frame_mode, available, history))
         record = container.TensorRecord(info.name, info.dtype, shape, container.MODE_QUANTIZED,
                                         qp=qp, quantizer=quantizer, frame_mode=frame_mode,
                                         refs=tuple(index for index, _ in refs),
@@ -314,7 +413,7 @@ def _find_aliases(reader, infos, coding_order, options):
     seen = {}
     for index in coding_order:
         info = infos[index]
-        raw = dtypes.tensor_to_bytes(reader.read(info.name))
+        raw = dtypes.tensor_byte_view(reader.read(info.name, copy=False))
         key = (info.dtype, tuple(info.shape), is_kept(info.name, options),
                hashlib.sha256(raw).digest())
         if key in seen:
@@ -378,8 +477,10 @@ def encode_file(src, dst, *, qp=quantization.DEFAULT_QP, keep=(), mode=DEFAULT_M
         read_lock = threading.Lock()
 
         def read(index):
+            # A view of the memory map: the encoder never writes into its input, and
+            # the reader stays open until every task has finished.
             with read_lock:
-                return reader.read(infos[index].name)
+                return reader.read(infos[index].name, copy=False)
 
         with atomic_output(dst, force=force, inputs=(src,)) as tmp_path:
             coding_order = ordering.order_tensors(

@@ -262,7 +262,7 @@ def _frequency_costs(values, n, floor=0.5):
     return -np.log2(counts / counts.sum())
 
 
-def _decide_frame(cur, step, frame_mode, refs, max_candidates):
+def _decide_frame(cur, step, frame_mode, refs, max_candidates, search=None):
     """Run the two-pass block decision; return (syntax, levels (N, K), gain_num)."""
     rows, cols, k = cur.shape
     blocks = np.ascontiguousarray(cur.reshape(-1, k))
@@ -271,9 +271,10 @@ def _decide_frame(cur, step, frame_mode, refs, max_candidates):
         best_index = np.zeros(len(blocks), dtype=np.int64)
         best_sign = np.ones(len(blocks), dtype=np.int8)
     else:
-        search = ref_blocks if frame_mode == block_syntax.FRAME_FULL else \
+        blocks_searched = ref_blocks if frame_mode == block_syntax.FRAME_FULL else \
             ref_blocks[:ref_rows[0] * ref_cols[0]]
-        best_index, best_sign, _ = prediction.best_match(blocks, search, max_candidates)
+        best_index, best_sign, _ = prediction.best_match(blocks, blocks_searched, max_candidates,
+                                                         index=search)
     lam = LAMBDA_FACTOR * step * step
     intra_levels = quantization.quantize(blocks, step)
     level_cost = _level_cost_table(intra_levels)
@@ -385,7 +386,7 @@ def transform_fits(values, step):
 
 
 def encode_frame(values, step, frame_mode, refs, max_candidates=prediction.DEFAULT_MAX_CANDIDATES,
-                 rdo_lambda=0.0, quantizer=QUANTIZER_UNIFORM, kernel_shape=None):
+                 rdo_lambda=0.0, quantizer=QUANTIZER_UNIFORM, kernel_shape=None, search=None):
     """Encode a frame (O, I, K) float64 in ``frame_mode`` against reconstructed ``refs``.
 
     ``refs`` lists reference reconstructions (O_r, I_r, K), nearest first; intra ignores them.
@@ -393,6 +394,8 @@ def encode_frame(values, step, frame_mode, refs, max_candidates=prediction.DEFAU
     with that Lagrange multiplier, in squared steps per bit. ``quantizer`` selects uniform
     or dependent quantization; block mode decisions always price uniform levels. A
     transform frame needs ``kernel_shape`` and values that pass :func:`transform_fits`.
+    ``search``, the :func:`prediction.search_index` of the blocks that block matching
+    searches (all references for ``full``, the first for ``adjacent``), saves building it.
     """
     if frame_mode == block_syntax.FRAME_TRANSFORM:
         values = np.ascontiguousarray(transform.forward(values, kernel_shape).transpose(0, 2, 1))
@@ -405,7 +408,8 @@ def encode_frame(values, step, frame_mode, refs, max_candidates=prediction.DEFAU
         levels = quantization.quantize(values, step)
         residual = values
     else:
-        syntax, levels, gain_num = _decide_frame(values, step, frame_mode, refs, max_candidates)
+        syntax, levels, gain_num = _decide_frame(values, step, frame_mode, refs, max_candidates,
+                                                 search)
         levels = levels.reshape(rows, cols, k)
         residual = values - reconstruct(np.zeros_like(levels), step, syntax, refs, gain_num)
     targets = np.ascontiguousarray(residual.reshape(rows, cols * k) / step)

@@ -13,6 +13,8 @@ found is exact. ``max_candidates`` bounds the references examined per block and 
 which makes the search approximate but keeps its cost at O(N * max_candidates * K).
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 from numba import njit
 
@@ -106,30 +108,52 @@ def _best_match_kernel(cur, proj_cur, ref, proj_sorted, order, max_candidates,
             out_sse[b] = plus_sse
 
 
-def best_match(cur_blocks, ref_blocks, max_candidates=DEFAULT_MAX_CANDIDATES):
+@dataclass(frozen=True)
+class SearchIndex:
+    """Reference blocks sorted by their projection on the blocks' principal axis.
+
+    Block matching against the same reference blocks can reuse one index, because the
+    axis and the order depend on the reference blocks alone.
+    """
+
+    blocks: np.ndarray  # (Nr, K) float64, C-contiguous
+    axis: np.ndarray
+    order: np.ndarray
+    proj_sorted: np.ndarray
+
+
+def search_index(ref_blocks):
+    """Return the :class:`SearchIndex` of ``ref_blocks`` (Nr, K), Nr >= 1."""
+    ref = np.ascontiguousarray(ref_blocks, dtype=np.float64)
+    if ref.shape[0] == 0:
+        raise ValueError("best_match needs at least one reference block")
+    axis = principal_axis(ref)
+    proj_ref = _project(ref, axis)
+    order = np.argsort(proj_ref, kind="stable")
+    return SearchIndex(ref, axis, order, np.ascontiguousarray(proj_ref[order]))
+
+
+def best_match(cur_blocks, ref_blocks, max_candidates=DEFAULT_MAX_CANDIDATES, index=None):
     """Return ``(index, sign, sse)``: the best reference block and sign for every current block.
 
     ``cur_blocks`` (Nc, K) and ``ref_blocks`` (Nr, K) are float64; ``sse`` is
     ||cur - sign * ref[index]||**2. Exact when ``max_candidates`` >= Nr.
-    Ties go to the lower projection distance, then to the + sign.
+    Ties go to the lower projection distance, then to the + sign. ``index``, the
+    :func:`search_index` of ``ref_blocks``, saves building it again; ``ref_blocks`` is
+    then ignored.
     """
     cur = np.ascontiguousarray(cur_blocks, dtype=np.float64)
-    ref = np.ascontiguousarray(ref_blocks, dtype=np.float64)
-    if ref.shape[0] == 0:
-        raise ValueError("best_match needs at least one reference block")
-    if cur.shape[1] != ref.shape[1]:
-        raise ValueError(f"block sizes differ: {cur.shape[1]} and {ref.shape[1]}")
+    if index is None:
+        index = search_index(ref_blocks)
+    if cur.shape[1] != index.blocks.shape[1]:
+        raise ValueError(f"block sizes differ: {cur.shape[1]} and {index.blocks.shape[1]}")
     n = cur.shape[0]
-    index = np.empty(n, dtype=np.int64)
+    best_index = np.empty(n, dtype=np.int64)
     sign = np.empty(n, dtype=np.int8)
     sse = np.empty(n, dtype=np.float64)
-    axis = principal_axis(ref)
-    proj_ref = _project(ref, axis)
-    order = np.argsort(proj_ref, kind="stable")
-    proj_sorted = np.ascontiguousarray(proj_ref[order])
-    _best_match_kernel(cur, _project(cur, axis), ref, proj_sorted, order, max(1, int(max_candidates)),
-                       index, sign, sse)
-    return index, sign, sse
+    _best_match_kernel(cur, _project(cur, index.axis), index.blocks, index.proj_sorted,
+                       index.order, max(1, int(max_candidates)), best_index, sign, sse)
+    return best_index, sign, sse
 
 
 def predict_blocks(ref_blocks, gain_num, signs, indexes, modes_inter):

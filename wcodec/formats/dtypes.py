@@ -24,6 +24,7 @@ __all__ = [
     "dtype_by_torch",
     "tensor_to_bytes",
     "tensor_from_bytes",
+    "tensor_byte_view",
     "tensor_to_float64",
     "float64_to_tensor",
     "tensor_to_int64",
@@ -124,22 +125,28 @@ def _swap_native_and_little_endian(raw: np.ndarray, itemsize: int) -> np.ndarray
     return words.byteswap().view(np.uint8)
 
 
-def tensor_to_bytes(tensor: torch.Tensor) -> bytes:
-    """Return the raw little-endian bytes of a tensor in C order.
+def tensor_byte_view(tensor: torch.Tensor) -> np.ndarray:
+    """Return the raw little-endian bytes of a tensor in C order as a uint8 array.
 
-    Every bit is kept, NaN payloads and BOOL bytes other than 0 and 1 included.
-    A non-contiguous or non-CPU tensor is copied to a contiguous CPU tensor first.
+    The array is a view of the tensor's memory when the tensor is a contiguous CPU
+    tensor on a little-endian host, and a copy otherwise. Every bit is kept, NaN
+    payloads and BOOL bytes other than 0 and 1 included.
     """
     dtype = dtype_by_torch(tensor.dtype)
     flat = tensor.detach().cpu().contiguous().reshape(-1)
     if flat.numel() == 0:
-        return b""
+        return np.zeros(0, dtype=np.uint8)
     if flat.stride(0) != 1:
         # torch counts a tensor with at most one element as contiguous whatever its
         # stride, but a view as uint8 needs stride 1.
         flat = torch.empty_like(flat, memory_format=torch.contiguous_format).copy_(flat)
     raw = flat.view(torch.uint8).numpy()
-    return _swap_native_and_little_endian(raw, dtype.itemsize).tobytes()
+    return _swap_native_and_little_endian(raw, dtype.itemsize)
+
+
+def tensor_to_bytes(tensor: torch.Tensor) -> bytes:
+    """Return the raw little-endian bytes of a tensor in C order (see `tensor_byte_view`)."""
+    return tensor_byte_view(tensor).tobytes()
 
 
 def tensor_from_bytes(data: bytes | bytearray | memoryview, dtype_name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -181,7 +188,15 @@ def tensor_to_float64(tensor: torch.Tensor) -> np.ndarray:
     """
     dtype = dtype_by_torch(tensor.dtype)
     _require_kind(dtype, ("float",), "tensor_to_float64")
-    return tensor.detach().cpu().to(torch.float64, copy=True).numpy()
+    tensor = tensor.detach().cpu()
+    if dtype.name in _NUMPY_FLOATS:
+        # numpy casts without torch's thread pool, whose start-up costs more than the cast
+        # itself on tensors of model size when other processes keep the cores busy.
+        # numpy warns of an invalid value when a signalling NaN becomes a quiet NaN, which
+        # is expected here.
+        with np.errstate(invalid="ignore"):
+            return tensor.numpy().astype(np.float64)
+    return tensor.to(torch.float64, copy=True).numpy()
 
 
 def float64_to_tensor(array: np.ndarray, dtype_name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -249,7 +264,7 @@ def tensor_to_int64(tensor: torch.Tensor) -> np.ndarray | None:
             return None
         return as_int64.clone().numpy()
 
-    return tensor.to(torch.int64, copy=True).numpy()
+    return tensor.numpy().astype(np.int64)
 
 
 def _int_range(dtype: DType) -> tuple[int, int]:

@@ -335,8 +335,13 @@ class SafetensorsReader:
             raise InputError(f"{self.path}: no tensor named {name!r}")
         return info
 
-    def read(self, name: str) -> torch.Tensor:
-        """Load one tensor into memory as a new CPU tensor."""
+    def read(self, name: str, copy: bool = True) -> torch.Tensor:
+        """Return one tensor as a CPU tensor, by default a new copy in memory.
+
+        With `copy` false the result is a view of the reader's private memory map: it
+        costs no copy, but it is valid only until `close`, and an in-place edit of it
+        shows up in later reads of the same tensor.
+        """
         info = self.info(name)
         try:
             if self._handle is None:
@@ -347,6 +352,8 @@ class SafetensorsReader:
 
         if tuple(tensor.shape) != info.shape or tensor.dtype != dtype_by_name(info.dtype).torch_dtype:
             raise InputError(f"{self.path}: tensor {name!r} changed while the file was read")
+        if not copy:
+            return tensor
         # safetensors 0.8 returns a view of a private memory map, so an in-place edit of
         # the result would show up in later reads of the same tensor. The copy prevents that.
         if tensor.dtype == torch.bool:
