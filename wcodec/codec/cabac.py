@@ -216,6 +216,63 @@ def bypass_bits_t(st, mode, buf, value, n_bits):
     return result, st
 
 
+# Decode-only forms of the engine. The coder state is the caller's local variables (code
+# value, range, read position), which a decode loop keeps in registers, while the generic
+# ``*_t`` functions above carry the whole state tuple and a runtime mode through every
+# bin. The tests compare the two bin for bin. These forms leave out the ``code >= range``
+# check because a bin keeps code < range once it holds: callers check it once before the
+# first bin (see ``wcodec.codec.level_decoder``).
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _renormalize_decoder(buf, low, rng, pos):
+    while rng < _TOP:
+        rng <<= 8
+        byte = np.int64(buf[pos]) if pos < buf.shape[0] else np.int64(0)
+        pos += 1
+        low = ((low << 8) | byte) & _MASK32
+    return low, rng, pos
+
+
+@njit(cache=True, nogil=True, inline="always")
+def decode_bin(buf, probs, shifts, ctx, low, rng, pos):
+    """Decode one context-coded bin and adapt its context; return (bin, low, range, pos).
+
+    The model update is written with masks instead of a branch on the bin, which the CPU
+    could not predict.
+    """
+    fast = np.int64(probs[ctx, 0])
+    slow = np.int64(probs[ctx, 1])
+    split = (rng * (PROB_ONE - ((fast + slow) >> 1))) >> PROB_BITS
+    bit = np.int64(low >= split)
+    ones = -bit  # all bits set for a 1 bin, zero for a 0 bin
+    low -= split & ones
+    rng = split + ((rng - split - split) & ones)
+    fast_shift = shifts[ctx, 0]
+    slow_shift = shifts[ctx, 1]
+    fast += (((PROB_ONE - fast) >> fast_shift) & ones) - ((fast >> fast_shift) & ~ones)
+    slow += (((PROB_ONE - slow) >> slow_shift) & ones) - ((slow >> slow_shift) & ~ones)
+    probs[ctx, 0] = fast
+    probs[ctx, 1] = slow
+    low, rng, pos = _renormalize_decoder(buf, low, rng, pos)
+    return bit, low, rng, pos
+
+
+@njit(cache=True, nogil=True, inline="always")
+def decode_bypass_bits(buf, n_bits, low, rng, pos):
+    """Decode ``n_bits`` bypass bins, most significant first; return (bits, low, range, pos)."""
+    result = np.int64(0)
+    for _ in range(n_bits):
+        split = rng >> 1
+        bit = np.int64(low >= split)
+        ones = -bit
+        low -= split & ones
+        rng = split + ((rng - split - split) & ones)
+        result = (result << 1) | bit
+        low, rng, pos = _renormalize_decoder(buf, low, rng, pos)
+    return result, low, rng, pos
+
+
 @njit(cache=True, nogil=True)
 def start_decoder(coder, buf):
     """Load the first four bytes of ``buf`` into a DECODE coder."""
