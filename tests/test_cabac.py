@@ -330,7 +330,7 @@ def skewed_streams(draw):
 
 
 @njit
-def _decode_bins_in_locals(buf, probs, shifts, contexts):
+def _decode_bins_in_locals(buf, probs, contexts):
     """Decode bins with decode_bin and decode_bypass_bits; return (bins, low, range, pos)."""
     low = np.int64(0)
     for pos in range(4):
@@ -342,7 +342,7 @@ def _decode_bins_in_locals(buf, probs, shifts, contexts):
         if contexts[i] < 0:
             out[i], low, rng, pos = decode_bypass_bits(buf, 1, low, rng, pos)
         else:
-            out[i], low, rng, pos = decode_bin(buf, probs, shifts, contexts[i], low, rng, pos)
+            out[i], low, rng, pos = decode_bin(buf, probs.reshape(-1), contexts[i], low, rng, pos)
     return out, low, rng, pos
 
 
@@ -377,7 +377,7 @@ def test_local_state_decoder_matches_engine(stream):
     data = engine_encode(bins, contexts, n_contexts)
     buf = np.frombuffer(data, dtype=np.uint8).copy()
     probs, shifts = cabac.new_contexts(n_contexts)
-    decoded, low, rng, pos = _decode_bins_in_locals(buf, probs, shifts, contexts)
+    decoded, low, rng, pos = _decode_bins_in_locals(buf, probs, contexts)
     engine_bins, coder = engine_decode(data, contexts, n_contexts)
     # ESTIMATE adapts the models as the engine's decoder does on the same bins.
     expected_probs, _ = cabac.new_contexts(n_contexts)

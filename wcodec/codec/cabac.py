@@ -222,38 +222,52 @@ def bypass_bits_t(st, mode, buf, value, n_bits):
 # bin. The tests compare the two bin for bin. These forms leave out the ``code >= range``
 # check because a bin keeps code < range once it holds: callers check it once before the
 # first bin (see ``wcodec.codec.level_decoder``).
+#
+# ``models`` is ``probs.reshape(-1)``, adapted at DEFAULT_RATES, which the bitstream
+# fixes. Indexes are converted to unsigned integers, for which Numba leaves out the
+# handling of negative indexes.
+
+FAST_RATE, SLOW_RATE = DEFAULT_RATES
+
+
+@njit(cache=True, nogil=True)
+def has_default_rates(shifts):
+    """Return whether every context adapts at DEFAULT_RATES, as the decode-only engine does."""
+    for ctx in range(shifts.shape[0]):
+        if shifts[ctx, 0] != FAST_RATE or shifts[ctx, 1] != SLOW_RATE:
+            return False
+    return True
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _renormalize_decoder(buf, low, rng, pos):
     while rng < _TOP:
         rng <<= 8
-        byte = np.int64(buf[pos]) if pos < buf.shape[0] else np.int64(0)
+        byte = np.int64(buf[np.uint64(pos)]) if pos < buf.shape[0] else np.int64(0)
         pos += 1
         low = ((low << 8) | byte) & _MASK32
     return low, rng, pos
 
 
 @njit(cache=True, nogil=True, inline="always")
-def decode_bin(buf, probs, shifts, ctx, low, rng, pos):
-    """Decode one context-coded bin and adapt its context; return (bin, low, range, pos).
-
-    The model update is written with masks instead of a branch on the bin, which the CPU
-    could not predict.
-    """
-    fast = np.int64(probs[ctx, 0])
-    slow = np.int64(probs[ctx, 1])
+def decode_bin(buf, models, ctx, low, rng, pos):
+    """Decode one context-coded bin and adapt its context; return (bin, low, range, pos)."""
+    fast_index = np.uint64(2 * ctx)
+    slow_index = np.uint64(2 * ctx + 1)
+    fast = np.int64(models[fast_index])
+    slow = np.int64(models[slow_index])
     split = (rng * (PROB_ONE - ((fast + slow) >> 1))) >> PROB_BITS
-    bit = np.int64(low >= split)
-    ones = -bit  # all bits set for a 1 bin, zero for a 0 bin
-    low -= split & ones
-    rng = split + ((rng - split - split) & ones)
-    fast_shift = shifts[ctx, 0]
-    slow_shift = shifts[ctx, 1]
-    fast += (((PROB_ONE - fast) >> fast_shift) & ones) - ((fast >> fast_shift) & ~ones)
-    slow += (((PROB_ONE - slow) >> slow_shift) & ones) - ((slow >> slow_shift) & ~ones)
-    probs[ctx, 0] = fast
-    probs[ctx, 1] = slow
+    if low < split:
+        bit = np.int64(0)
+        rng = split
+        models[fast_index] = fast - (fast >> FAST_RATE)
+        models[slow_index] = slow - (slow >> SLOW_RATE)
+    else:
+        bit = np.int64(1)
+        low -= split
+        rng -= split
+        models[fast_index] = fast + ((PROB_ONE - fast) >> FAST_RATE)
+        models[slow_index] = slow + ((PROB_ONE - slow) >> SLOW_RATE)
     low, rng, pos = _renormalize_decoder(buf, low, rng, pos)
     return bit, low, rng, pos
 
@@ -264,11 +278,13 @@ def decode_bypass_bits(buf, n_bits, low, rng, pos):
     result = np.int64(0)
     for _ in range(n_bits):
         split = rng >> 1
-        bit = np.int64(low >= split)
-        ones = -bit
-        low -= split & ones
-        rng = split + ((rng - split - split) & ones)
-        result = (result << 1) | bit
+        if low < split:
+            result <<= 1
+            rng = split
+        else:
+            result = (result << 1) | 1
+            low -= split
+            rng -= split
         low, rng, pos = _renormalize_decoder(buf, low, rng, pos)
     return result, low, rng, pos
 

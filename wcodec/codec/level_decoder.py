@@ -6,7 +6,7 @@ and coder state as ``residual_coding.code_levels`` in DECODE mode, and
 ``tests/test_cabac.py`` compares the two on random levels, real weights and garbage
 payloads. The generic function serves four modes, so it checks the mode at every bin and
 passes the whole coder state as a tuple through helper calls. This one keeps the code
-value, range and read position in registers, which halves the time per bin.
+value, range and read position in registers, which more than halves the time per bin.
 
 The activity class reads capped magnitudes from two padded row buffers (the current row
 and the one above) instead of the level frame, so it needs no bounds checks. The bit
@@ -16,8 +16,8 @@ length of the activity sum comes from a table.
 import numpy as np
 from numba import njit
 
-from wcodec.codec.cabac import (BINS, ERROR, LOW, POS, RANGE, decode_bin,
-                                decode_bypass_bits)
+from wcodec.codec.cabac import (BINS, ERROR, LOW, POS, RANGE, decode_bin, decode_bypass_bits,
+                                has_default_rates)
 from wcodec.codec.quantization import DQ_TRANSITIONS
 from wcodec.codec.residual_coding import (_ACTIVITY_CAP, _NO_TARGETS, CTX_ESCAPE, CTX_GT,
                                           CTX_LOW, CTX_RUN, CTX_SIG, CTX_SIGN,
@@ -34,8 +34,8 @@ _TOP_CLASS_SUM = 1 << (N_CLASSES - 2)
 def _class_table():
     """Return the activity class of every activity sum below _TOP_CLASS_SUM."""
     sums = np.arange(_TOP_CLASS_SUM)
-    table = np.zeros(_TOP_CLASS_SUM, dtype=np.int64)
-    table[1:] = np.floor(np.log2(sums[1:])).astype(np.int64) + 1
+    table = np.zeros(_TOP_CLASS_SUM, dtype=np.uint8)
+    table[1:] = np.floor(np.log2(sums[1:])).astype(np.uint8) + 1
     return table
 
 
@@ -43,7 +43,7 @@ _CLASS_OF_SUM = _class_table()
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _decode_unary(buf, probs, shifts, ctx_base, last_ctx, max_ones, low, rng, pos):
+def _decode_unary(buf, models, ctx_base, last_ctx, max_ones, low, rng, pos):
     """Decode 1 bins up to the first 0 bin or up to ``max_ones`` 1 bins.
 
     Bin i uses context ``ctx_base + min(i, last_ctx)``. Returns (number of 1 bins, bins
@@ -51,7 +51,7 @@ def _decode_unary(buf, probs, shifts, ctx_base, last_ctx, max_ones, low, rng, po
     """
     ones = np.int64(0)
     while ones < max_ones:
-        bit, low, rng, pos = decode_bin(buf, probs, shifts, ctx_base + min(ones, last_ctx),
+        bit, low, rng, pos = decode_bin(buf, models, ctx_base + min(ones, last_ctx),
                                         low, rng, pos)
         if bit == 0:
             return ones, ones + 1, low, rng, pos
@@ -60,9 +60,9 @@ def _decode_unary(buf, probs, shifts, ctx_base, last_ctx, max_ones, low, rng, po
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _decode_zero_run(buf, probs, shifts, remaining, row_start, low, rng, pos):
+def _decode_zero_run(buf, models, remaining, row_start, low, rng, pos):
     """Decode a zero run out of ``remaining`` positions; return (run, bins, low, range, pos)."""
-    end, low, rng, pos = decode_bin(buf, probs, shifts, CTX_RUN + (0 if row_start else 1),
+    end, low, rng, pos = decode_bin(buf, models, CTX_RUN + (0 if row_start else 1),
                                     low, rng, pos)
     if end:
         return remaining, 1, low, rng, pos
@@ -76,7 +76,7 @@ def _decode_zero_run(buf, probs, shifts, remaining, row_start, low, rng, pos):
     while (np.int64(1) << max_exponent) <= run_max:
         max_exponent += 1
     prefix_base = CTX_RUN + 2
-    exponent, bins, low, rng, pos = _decode_unary(buf, probs, shifts, prefix_base,
+    exponent, bins, low, rng, pos = _decode_unary(buf, models, prefix_base,
                                                   N_RUN_PREFIX - 1, max_exponent, low, rng, pos)
     bins += 1
     if exponent == 0:
@@ -95,7 +95,7 @@ def _decode_zero_run(buf, probs, shifts, remaining, row_start, low, rng, pos):
             continue  # the bit is inferred to be 0
         bins += 1
         if first:
-            bit, low, rng, pos = decode_bin(buf, probs, shifts, msb_ctx, low, rng, pos)
+            bit, low, rng, pos = decode_bin(buf, models, msb_ctx, low, rng, pos)
             first = False
         else:
             bit, low, rng, pos = decode_bypass_bits(buf, 1, low, rng, pos)
@@ -105,7 +105,7 @@ def _decode_zero_run(buf, probs, shifts, remaining, row_start, low, rng, pos):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _decode_level_value(buf, probs, shifts, sign_ctx, c, quantizer, low, rng, pos):
+def _decode_level_value(buf, models, sign_ctx, c, quantizer, low, rng, pos):
     """Decode the sign and magnitude of a nonzero level in activity class c.
 
     Returns (level, bins, failed, low, range, pos). ``failed`` is true for a stream that
@@ -113,19 +113,19 @@ def _decode_level_value(buf, probs, shifts, sign_ctx, c, quantizer, low, rng, po
     above MAX_LEVEL. The level and the bins read are then those of
     ``residual_coding._level_value_t``.
     """
-    negative, low, rng, pos = decode_bin(buf, probs, shifts, sign_ctx, low, rng, pos)
+    negative, low, rng, pos = decode_bin(buf, models, sign_ctx, low, rng, pos)
     bins = 1
 
     failed = False
     k = max(0, c - RICE_OFFSET)
     gt_base = CTX_GT + (quantizer * N_CLASSES + c) * N_GT
-    quotient, gt_bins, low, rng, pos = _decode_unary(buf, probs, shifts, gt_base, N_GT - 1,
+    quotient, gt_bins, low, rng, pos = _decode_unary(buf, models, gt_base, N_GT - 1,
                                                      N_GT, low, rng, pos)
     bins += gt_bins
     if quotient == N_GT:
         group = min(c * N_ESCAPE_GROUPS // N_CLASSES, N_ESCAPE_GROUPS - 1)
         prefix, prefix_bins, low, rng, pos = _decode_unary(
-            buf, probs, shifts, CTX_ESCAPE + group * N_ESCAPE_PREFIX, N_ESCAPE_PREFIX - 1,
+            buf, models, CTX_ESCAPE + group * N_ESCAPE_PREFIX, N_ESCAPE_PREFIX - 1,
             MAX_ESCAPE_PREFIX + 1, low, rng, pos)
         bins += prefix_bins
         if prefix > MAX_ESCAPE_PREFIX:
@@ -138,11 +138,11 @@ def _decode_level_value(buf, probs, shifts, sign_ctx, c, quantizer, low, rng, po
     low_bits = np.int64(0)
     if k > 0:
         low_ctx = CTX_LOW + 3 * c
-        top, low, rng, pos = decode_bin(buf, probs, shifts, low_ctx, low, rng, pos)
+        top, low, rng, pos = decode_bin(buf, models, low_ctx, low, rng, pos)
         bins += 1
         low_bits = top << (k - 1)
         if k > 1:
-            second, low, rng, pos = decode_bin(buf, probs, shifts, low_ctx + 1 + top,
+            second, low, rng, pos = decode_bin(buf, models, low_ctx + 1 + top,
                                                low, rng, pos)
             rest, low, rng, pos = decode_bypass_bits(buf, k - 2, low, rng, pos)
             bins += k - 1
@@ -153,6 +153,16 @@ def _decode_level_value(buf, probs, shifts, sign_ctx, c, quantizer, low, rng, po
         failed = True
         magnitude = 1
     return (-magnitude if negative else magnitude), bins, failed, low, rng, pos
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _activity_class(current, above, prev_row, q, prev_offset):
+    """Return the activity class of the position at index q of the row buffers."""
+    s = (2 * current[np.uint64(q - 1)] + current[np.uint64(q - 2)] + above[np.uint64(q)]
+         + prev_row[np.uint64(q + prev_offset)])
+    if s >= _TOP_CLASS_SUM:
+        return np.int64(N_CLASSES - 1)
+    return np.int64(_CLASS_OF_SUM[np.uint64(s)])
 
 
 @njit(cache=True, nogil=True)
@@ -170,13 +180,15 @@ def decode_levels_into(coder, buf, probs, shifts, levels, K, block_coded, depend
     rng = coder[RANGE]
     pos = coder[POS]
     bins = coder[BINS]
-    if low >= rng:
-        # Only a damaged payload starts this way. The generic decoder flags it at the
-        # first bin, which decode_bin does not check.
+    if low >= rng or not has_default_rates(shifts):
+        # Only a damaged payload starts with code >= range. The generic decoder flags it
+        # at the first bin, which decode_bin does not check. Contexts at rates other
+        # than the bitstream's come only from tests.
         code_levels(coder, buf, probs, shifts, levels, K, block_coded, _NO_TARGETS, 0.0,
                     dependent)
         return
 
+    models = probs.reshape(-1)
     O = levels.shape[0]
     R = levels.shape[1]
     # min(|level|, _ACTIVITY_CAP) of position p is at index p + pad, so the neighbours
@@ -194,17 +206,18 @@ def decode_levels_into(coder, buf, probs, shifts, levels, K, block_coded, depend
         # right for K = 1.
         prev_row = current if K > 1 else above
         prev_offset = -K if K > 1 else 1
+        row = levels[o]
+        row_above = levels[o - 1] if o > 0 else levels[o]
         n = coded_positions(block_coded, o, K, positions)
         state = 0
         j = 0
         while j < n and not failed:
-            p = positions[j]
+            p = positions[np.uint64(j)]
             q = p + pad
-            s = 2 * current[q - 1] + current[q - 2] + above[q] + prev_row[q + prev_offset]
-            c = _CLASS_OF_SUM[s] if s < _TOP_CLASS_SUM else N_CLASSES - 1
+            c = _activity_class(current, above, prev_row, q, prev_offset)
             if c == 0:
-                run, run_bins, low, rng, pos = _decode_zero_run(buf, probs, shifts, n - j,
-                                                                j == 0, low, rng, pos)
+                run, run_bins, low, rng, pos = _decode_zero_run(buf, models, n - j, j == 0,
+                                                                low, rng, pos)
                 bins += run_bins
                 j += run
                 if dependent:
@@ -213,25 +226,24 @@ def decode_levels_into(coder, buf, probs, shifts, levels, K, block_coded, depend
                 if j >= n:
                     break
                 # The run ends at a nonzero level, coded in the class of its position.
-                p = positions[j]
+                p = positions[np.uint64(j)]
                 q = p + pad
-                s = 2 * current[q - 1] + current[q - 2] + above[q] + prev_row[q + prev_offset]
-                c = _CLASS_OF_SUM[s] if s < _TOP_CLASS_SUM else N_CLASSES - 1
+                c = _activity_class(current, above, prev_row, q, prev_offset)
                 significant = 1
             else:
                 significant, low, rng, pos = decode_bin(
-                    buf, probs, shifts, CTX_SIG + (state & 1) * N_CLASSES + c, low, rng, pos)
+                    buf, models, CTX_SIG + (state & 1) * N_CLASSES + c, low, rng, pos)
                 bins += 1
             level = np.int64(0)
             if significant:
-                left = levels[o, p - 1] if p >= 1 else 0
-                up = levels[o - 1, p] if o >= 1 else 0
+                left = row[np.uint64(p - 1)] if p >= 1 else 0
+                up = row_above[np.uint64(p)] if o >= 1 else 0
                 sign_ctx = CTX_SIGN + 3 * (_sign(left) + 1) + _sign(up) + 1
                 level, level_bins, failed, low, rng, pos = _decode_level_value(
-                    buf, probs, shifts, sign_ctx, c, state & 1, low, rng, pos)
+                    buf, models, sign_ctx, c, state & 1, low, rng, pos)
                 bins += level_bins
-                levels[o, p] = level
-                current[q] = min(abs(level), _ACTIVITY_CAP)
+                row[np.uint64(p)] = level
+                current[np.uint64(q)] = min(abs(level), _ACTIVITY_CAP)
             if dependent:
                 state = DQ_TRANSITIONS[state, level & 1]
             j += 1
