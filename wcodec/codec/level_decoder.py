@@ -50,109 +50,13 @@ def _decode_unary(buf, models, ctx_base, last_ctx, max_ones, low, rng, pos):
     read, low, range, pos).
     """
     ones = np.int64(0)
-    while ones < max_ones:
+    bins = np.int64(0)
+    while bins == ones and ones < max_ones:
         bit, low, rng, pos = decode_bin(buf, models, ctx_base + min(ones, last_ctx),
                                         low, rng, pos)
-        if bit == 0:
-            return ones, ones + 1, low, rng, pos
-        ones += 1
-    return ones, ones, low, rng, pos
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _decode_zero_run(buf, models, remaining, row_start, low, rng, pos):
-    """Decode a zero run out of ``remaining`` positions; return (run, bins, low, range, pos)."""
-    end, low, rng, pos = decode_bin(buf, models, CTX_RUN + (0 if row_start else 1),
-                                    low, rng, pos)
-    if end:
-        return remaining, 1, low, rng, pos
-    run_max = remaining - 1
-    if run_max == 0:
-        return np.int64(0), 1, low, rng, pos
-
-    # The exponent is the number of 1 bins of "run >= 1", "run >= 2", "run >= 4", ...,
-    # coded while the threshold does not exceed run_max.
-    max_exponent = 0
-    while (np.int64(1) << max_exponent) <= run_max:
-        max_exponent += 1
-    prefix_base = CTX_RUN + 2
-    exponent, bins, low, rng, pos = _decode_unary(buf, models, prefix_base,
-                                                  N_RUN_PREFIX - 1, max_exponent, low, rng, pos)
-    bins += 1
-    if exponent == 0:
-        return np.int64(0), bins, low, rng, pos
-    base = np.int64(1) << (exponent - 1)
-    if exponent < 2:
-        return base, bins, low, rng, pos
-
-    max_offset = min(base - 1, run_max - base)
-    offset = np.int64(0)
-    first = True
-    msb_ctx = CTX_RUN + 2 + N_RUN_PREFIX + min(exponent, N_RUN_MSB - 1)
-    for b in range(exponent - 2, -1, -1):
-        candidate = offset | (np.int64(1) << b)
-        if candidate > max_offset:
-            continue  # the bit is inferred to be 0
         bins += 1
-        if first:
-            bit, low, rng, pos = decode_bin(buf, models, msb_ctx, low, rng, pos)
-            first = False
-        else:
-            bit, low, rng, pos = decode_bypass_bits(buf, 1, low, rng, pos)
-        if bit:
-            offset = candidate
-    return base + offset, bins, low, rng, pos
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _decode_level_value(buf, models, sign_ctx, c, quantizer, low, rng, pos):
-    """Decode the sign and magnitude of a nonzero level in activity class c.
-
-    Returns (level, bins, failed, low, range, pos). ``failed`` is true for a stream that
-    no encoder writes: an escape prefix longer than MAX_ESCAPE_PREFIX or a magnitude
-    above MAX_LEVEL. The level and the bins read are then those of
-    ``residual_coding._level_value_t``.
-    """
-    negative, low, rng, pos = decode_bin(buf, models, sign_ctx, low, rng, pos)
-    bins = 1
-
-    failed = False
-    k = max(0, c - RICE_OFFSET)
-    gt_base = CTX_GT + (quantizer * N_CLASSES + c) * N_GT
-    quotient, gt_bins, low, rng, pos = _decode_unary(buf, models, gt_base, N_GT - 1,
-                                                     N_GT, low, rng, pos)
-    bins += gt_bins
-    if quotient == N_GT:
-        group = min(c * N_ESCAPE_GROUPS // N_CLASSES, N_ESCAPE_GROUPS - 1)
-        prefix, prefix_bins, low, rng, pos = _decode_unary(
-            buf, models, CTX_ESCAPE + group * N_ESCAPE_PREFIX, N_ESCAPE_PREFIX - 1,
-            MAX_ESCAPE_PREFIX + 1, low, rng, pos)
-        bins += prefix_bins
-        if prefix > MAX_ESCAPE_PREFIX:
-            failed = True
-        else:
-            bins += prefix
-            suffix, low, rng, pos = decode_bypass_bits(buf, prefix, low, rng, pos)
-            quotient += (np.int64(1) << prefix) - 1 + suffix
-
-    low_bits = np.int64(0)
-    if k > 0:
-        low_ctx = CTX_LOW + 3 * c
-        top, low, rng, pos = decode_bin(buf, models, low_ctx, low, rng, pos)
-        bins += 1
-        low_bits = top << (k - 1)
-        if k > 1:
-            second, low, rng, pos = decode_bin(buf, models, low_ctx + 1 + top,
-                                               low, rng, pos)
-            rest, low, rng, pos = decode_bypass_bits(buf, k - 2, low, rng, pos)
-            bins += k - 1
-            low_bits |= (second << (k - 2)) | rest
-    quotient = min(quotient, MAX_LEVEL >> k)  # see _level_value_t
-    magnitude = (quotient << k) + low_bits + 1
-    if magnitude > MAX_LEVEL:
-        failed = True
-        magnitude = 1
-    return (-magnitude if negative else magnitude), bins, failed, low, rng, pos
+        ones += bit
+    return ones, bins, low, rng, pos
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -188,6 +92,9 @@ def decode_levels_into(coder, buf, probs, shifts, levels, K, block_coded, depend
                     dependent)
         return
 
+    # The zero-run and level syntax is written out in the loop below. As inlined helpers
+    # (numba 0.68.1), each call added an atomic reference count increment and decrement
+    # of buf and models, which cost 10 to 20 percent of the decoding time.
     models = probs.reshape(-1)
     O = levels.shape[0]
     R = levels.shape[1]
@@ -216,9 +123,45 @@ def decode_levels_into(coder, buf, probs, shifts, levels, K, block_coded, depend
             q = p + pad
             c = _activity_class(current, above, prev_row, q, prev_offset)
             if c == 0:
-                run, run_bins, low, rng, pos = _decode_zero_run(buf, models, n - j, j == 0,
-                                                                low, rng, pos)
-                bins += run_bins
+                # Zero run over the n - j positions left (runlength.zero_run_t).
+                remaining = n - j
+                end, low, rng, pos = decode_bin(buf, models, CTX_RUN + (0 if j == 0 else 1),
+                                                low, rng, pos)
+                bins += 1
+                run = remaining
+                run_max = remaining - 1
+                if end == 0:
+                    run = np.int64(0)
+                if end == 0 and run_max > 0:
+                    # The exponent is the number of 1 bins of "run >= 1", "run >= 2",
+                    # "run >= 4", ..., coded while the threshold does not exceed run_max.
+                    max_exponent = 0
+                    while (np.int64(1) << max_exponent) <= run_max:
+                        max_exponent += 1
+                    exponent, prefix_bins, low, rng, pos = _decode_unary(
+                        buf, models, CTX_RUN + 2, N_RUN_PREFIX - 1, max_exponent, low, rng,
+                        pos)
+                    bins += prefix_bins
+                    if exponent > 0:
+                        base = np.int64(1) << (exponent - 1)
+                        max_offset = min(base - 1, run_max - base)
+                        offset = np.int64(0)
+                        first = True
+                        msb_ctx = CTX_RUN + 2 + N_RUN_PREFIX + min(exponent, N_RUN_MSB - 1)
+                        for b in range(exponent - 2, -1, -1):
+                            candidate = offset | (np.int64(1) << b)
+                            if candidate > max_offset:
+                                continue  # the bit is inferred to be 0
+                            bins += 1
+                            if first:
+                                bit, low, rng, pos = decode_bin(buf, models, msb_ctx, low, rng,
+                                                                pos)
+                                first = False
+                            else:
+                                bit, low, rng, pos = decode_bypass_bits(buf, 1, low, rng, pos)
+                            if bit:
+                                offset = candidate
+                        run = base + offset
                 j += run
                 if dependent:
                     for _ in range(run):
@@ -236,12 +179,47 @@ def decode_levels_into(coder, buf, probs, shifts, levels, K, block_coded, depend
                 bins += 1
             level = np.int64(0)
             if significant:
+                # Sign and magnitude (residual_coding._level_value_t).
                 left = row[np.uint64(p - 1)] if p >= 1 else 0
                 up = row_above[np.uint64(p)] if o >= 1 else 0
                 sign_ctx = CTX_SIGN + 3 * (_sign(left) + 1) + _sign(up) + 1
-                level, level_bins, failed, low, rng, pos = _decode_level_value(
-                    buf, models, sign_ctx, c, state & 1, low, rng, pos)
-                bins += level_bins
+                negative, low, rng, pos = decode_bin(buf, models, sign_ctx, low, rng, pos)
+                bins += 1
+                k = max(0, c - RICE_OFFSET)
+                gt_base = CTX_GT + ((state & 1) * N_CLASSES + c) * N_GT
+                quotient, gt_bins, low, rng, pos = _decode_unary(buf, models, gt_base, N_GT - 1,
+                                                                 N_GT, low, rng, pos)
+                bins += gt_bins
+                if quotient == N_GT:
+                    group = min(c * N_ESCAPE_GROUPS // N_CLASSES, N_ESCAPE_GROUPS - 1)
+                    prefix, prefix_bins, low, rng, pos = _decode_unary(
+                        buf, models, CTX_ESCAPE + group * N_ESCAPE_PREFIX, N_ESCAPE_PREFIX - 1,
+                        MAX_ESCAPE_PREFIX + 1, low, rng, pos)
+                    bins += prefix_bins
+                    if prefix > MAX_ESCAPE_PREFIX:
+                        failed = True
+                    else:
+                        bins += prefix
+                        suffix, low, rng, pos = decode_bypass_bits(buf, prefix, low, rng, pos)
+                        quotient += (np.int64(1) << prefix) - 1 + suffix
+                low_bits = np.int64(0)
+                if k > 0:
+                    low_ctx = CTX_LOW + 3 * c
+                    top, low, rng, pos = decode_bin(buf, models, low_ctx, low, rng, pos)
+                    bins += 1
+                    low_bits = top << (k - 1)
+                    if k > 1:
+                        second, low, rng, pos = decode_bin(buf, models, low_ctx + 1 + top,
+                                                           low, rng, pos)
+                        rest, low, rng, pos = decode_bypass_bits(buf, k - 2, low, rng, pos)
+                        bins += k - 1
+                        low_bits |= (second << (k - 2)) | rest
+                quotient = min(quotient, MAX_LEVEL >> k)  # see _level_value_t
+                magnitude = (quotient << k) + low_bits + 1
+                if magnitude > MAX_LEVEL:
+                    failed = True
+                    magnitude = 1
+                level = -magnitude if negative else magnitude
                 row[np.uint64(p)] = level
                 current[np.uint64(q)] = min(abs(level), _ACTIVITY_CAP)
             if dependent:
