@@ -94,7 +94,7 @@ def decode_levels_into(coder, buf, probs, shifts, levels, K, block_coded, depend
 
     # The zero-run and level syntax is written out in the loop below. As inlined helpers
     # (numba 0.68.1), each call added an atomic reference count increment and decrement
-    # of buf and models, which cost 10 to 20 percent of the decoding time.
+    # of buf and models, which made level decoding 10 to 20 percent slower.
     models = probs.reshape(-1)
     O = levels.shape[0]
     R = levels.shape[1]
