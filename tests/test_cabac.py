@@ -560,8 +560,7 @@ def decode_both(data, shape, block_size, block_coded, dependent):
             residual_coding.code_levels(coder, buf, probs, shifts, levels, block_size, block_coded,
                                         residual_coding._NO_TARGETS, 0.0, dependent)
         else:
-            level_decoder.decode_levels_into(coder, buf, probs, shifts, levels, block_size, block_coded,
-                                             dependent)
+            level_decoder.decode_levels_into(coder, buf, probs, levels, block_size, block_coded, dependent)
         results.append((levels, coder, probs))
     return results
 
@@ -660,10 +659,11 @@ def test_long_escapes_decode_alike(prefix_length, suffix_bit):
 @pytest.mark.parametrize("data", [b"\xff" * 4096, b"\xff\xff\xff\xff", b""])
 def test_decode_only_matches_generic_on_edge_payloads(data):
     # Four 0xFF bytes start the decoder with code >= range, which the generic decoder
-    # flags at the first bin.
-    for block_size in (1, 3):
-        all_blocks = np.ones((2, 4), dtype=np.uint8)
-        assert_same_decoding(data, (2, 4 * block_size), block_size, all_blocks, False)
+    # flags at the first bin. With one row, that bin ends the row and the frame.
+    for rows in (1, 2):
+        for block_size in (1, 3):
+            all_blocks = np.ones((rows, 4), dtype=np.uint8)
+            assert_same_decoding(data, (rows, 4 * block_size), block_size, all_blocks, False)
 
 
 # ---------------------------------------------------------------- hostile payloads

@@ -220,23 +220,14 @@ def bypass_bits_t(st, mode, buf, value, n_bits):
 # value, range, read position), which a decode loop keeps in registers, while the generic
 # ``*_t`` functions above carry the whole state tuple and a runtime mode through every
 # bin. The tests compare the two bin for bin. These forms leave out the ``code >= range``
-# check because a bin keeps code < range once it holds: callers check it once before the
-# first bin (see ``wcodec.codec.level_decoder``).
+# check because a bin keeps code < range once it holds. Callers check it once, before
+# the first bin (see ``wcodec.codec.level_decoder``).
 #
 # ``models`` is ``probs.reshape(-1)``, adapted at DEFAULT_RATES, which the bitstream
 # fixes. Indexes are converted to unsigned integers, for which Numba leaves out the
 # handling of negative indexes.
 
 FAST_RATE, SLOW_RATE = DEFAULT_RATES
-
-
-@njit(cache=True, nogil=True)
-def has_default_rates(shifts):
-    """Return whether every context adapts at DEFAULT_RATES, as the decode-only engine does."""
-    for ctx in range(shifts.shape[0]):
-        if shifts[ctx, 0] != FAST_RATE or shifts[ctx, 1] != SLOW_RATE:
-            return False
-    return True
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -416,7 +416,7 @@ def decode_frame(payload, shape, step, frame_mode, refs, gain_num, quantizer=QUA
         _code_block_syntax(coder, buf, probs, shifts, frame_mode, syntax, refs)
         block_coded = (syntax.modes != BLOCK_SKIP).astype(np.uint8)
     if not coder[cabac.ERROR]:
-        level_decoder.decode_levels_into(coder, buf, probs, shifts, level_frame, k, block_coded,
+        level_decoder.decode_levels_into(coder, buf, probs, level_frame, k, block_coded,
                                          quantizer == QUANTIZER_DEPENDENT)
     levels = level_frame.reshape(rows, cols, k)
     recon = reconstruct(levels, step, syntax, refs, gain_num, quantizer)

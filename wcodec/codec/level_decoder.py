@@ -16,14 +16,12 @@ length of the activity sum comes from a table.
 import numpy as np
 from numba import njit
 
-from wcodec.codec.cabac import (BINS, ERROR, LOW, POS, RANGE, decode_bin, decode_bypass_bits,
-                                has_default_rates)
+from wcodec.codec.cabac import BINS, ERROR, LOW, POS, RANGE, decode_bin, decode_bypass_bits
 from wcodec.codec.quantization import DQ_TRANSITIONS
-from wcodec.codec.residual_coding import (_ACTIVITY_CAP, _NO_TARGETS, CTX_ESCAPE, CTX_GT,
-                                          CTX_LOW, CTX_RUN, CTX_SIG, CTX_SIGN,
-                                          MAX_ESCAPE_PREFIX, MAX_LEVEL, N_CLASSES,
-                                          N_ESCAPE_GROUPS, N_ESCAPE_PREFIX, N_GT, RICE_OFFSET,
-                                          _sign, code_levels, coded_positions)
+from wcodec.codec.residual_coding import (_ACTIVITY_CAP, CTX_ESCAPE, CTX_GT, CTX_LOW, CTX_RUN,
+                                          CTX_SIG, CTX_SIGN, MAX_ESCAPE_PREFIX, MAX_LEVEL,
+                                          N_CLASSES, N_ESCAPE_GROUPS, N_ESCAPE_PREFIX, N_GT,
+                                          RICE_OFFSET, _sign, coded_positions)
 from wcodec.codec.runlength import N_RUN_MSB, N_RUN_PREFIX
 
 # Activity sums from this value up have a bit length of at least N_CLASSES - 1, so they
@@ -70,13 +68,14 @@ def _activity_class(current, above, prev_row, q, prev_offset):
 
 
 @njit(cache=True, nogil=True)
-def decode_levels_into(coder, buf, probs, shifts, levels, K, block_coded, dependent):
+def decode_levels_into(coder, buf, probs, levels, K, block_coded, dependent):
     """Decode a frame of levels (O, R) with blocks of K positions into ``levels``.
 
-    Takes the arguments of ``residual_coding.code_levels`` in DECODE mode and has the
-    same effect. ``levels`` must be zero on entry, and ``block_coded`` (O, R // K,
-    uint8) marks the coded blocks. ``dependent`` selects the contexts of dependent
-    quantization. The coder state array is updated in place.
+    Has the effect of ``residual_coding.code_levels`` in DECODE mode with context
+    models adapting at cabac.DEFAULT_RATES, the rates the bitstream fixes. ``levels``
+    must be zero on entry, and ``block_coded`` (O, R // K, uint8) marks the coded
+    blocks. ``dependent`` selects the contexts of dependent quantization. The coder
+    state array is updated in place.
     """
     if coder[ERROR] != 0:
         return
@@ -84,13 +83,10 @@ def decode_levels_into(coder, buf, probs, shifts, levels, K, block_coded, depend
     rng = coder[RANGE]
     pos = coder[POS]
     bins = coder[BINS]
-    if low >= rng or not has_default_rates(shifts):
-        # Only a damaged payload starts with code >= range. The generic decoder flags it
-        # at the first bin, which decode_bin does not check. Contexts at rates other
-        # than the bitstream's come only from tests.
-        code_levels(coder, buf, probs, shifts, levels, K, block_coded, _NO_TARGETS, 0.0,
-                    dependent)
-        return
+    # Only a damaged payload starts with code >= range. The generic decoder flags it at
+    # the first bin and stops before the next position. decode_bin does not check it,
+    # so the loop sets failed after each position instead.
+    damaged = low >= rng
 
     # The zero-run and level syntax is written out in the loop below. As inlined helpers
     # (numba 0.68.1), each call added an atomic reference count increment and decrement
@@ -118,7 +114,9 @@ def decode_levels_into(coder, buf, probs, shifts, levels, K, block_coded, depend
         n = coded_positions(block_coded, o, K, positions)
         state = 0
         j = 0
-        while j < n and not failed:
+        while j < n:
+            if failed:
+                break
             p = positions[np.uint64(j)]
             q = p + pad
             c = _activity_class(current, above, prev_row, q, prev_offset)
@@ -167,6 +165,7 @@ def decode_levels_into(coder, buf, probs, shifts, levels, K, block_coded, depend
                     for _ in range(run):
                         state = DQ_TRANSITIONS[state, 0]
                 if j >= n:
+                    failed |= damaged
                     break
                 # The run ends at a nonzero level, coded in the class of its position.
                 p = positions[np.uint64(j)]
@@ -225,6 +224,7 @@ def decode_levels_into(coder, buf, probs, shifts, levels, K, block_coded, depend
             if dependent:
                 state = DQ_TRANSITIONS[state, level & 1]
             j += 1
+            failed |= damaged
         if failed:
             break
 

@@ -333,8 +333,8 @@ def decode_levels(data, shape, K, block_coded=None):
     buf = np.frombuffer(data, dtype=np.uint8).copy()
     coder = cabac.new_coder(cabac.DECODE)
     cabac.start_decoder(coder, buf)
-    probs, shifts = cabac.new_contexts(N_CONTEXTS)
-    decode_levels_into(coder, buf, probs, shifts, levels, K, block_coded, False)
+    probs, _ = cabac.new_contexts(N_CONTEXTS)
+    decode_levels_into(coder, buf, probs, levels, K, block_coded, False)
     return levels, coder
 
 
