@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from numba import njit
 
 from common import ONET, qp_step, read_safetensors
-from wcodec.codec import cabac, residual_coding
-from wcodec.codec.cabac import code_bin, code_bypass
+from wcodec.codec import cabac, level_decoder, residual_coding
+from wcodec.codec.cabac import code_bin, code_bypass, decode_bin, decode_bypass_bits
 from wcodec.codec.frames import frame_geometry
 
 MAX_LEVEL = 2**50
@@ -329,6 +329,23 @@ def skewed_streams(draw):
     return bins, contexts, n_contexts
 
 
+@njit
+def _decode_bins_in_locals(buf, probs, contexts):
+    """Decode bins with decode_bin and decode_bypass_bits; return (bins, low, range, pos)."""
+    low = np.int64(0)
+    for pos in range(4):
+        low = (low << 8) | (np.int64(buf[pos]) if pos < buf.shape[0] else np.int64(0))
+    rng = np.int64(MASK32)
+    pos = np.int64(4)
+    out = np.empty(contexts.shape[0], dtype=np.int64)
+    for i in range(contexts.shape[0]):
+        if contexts[i] < 0:
+            out[i], low, rng, pos = decode_bypass_bits(buf, 1, low, rng, pos)
+        else:
+            out[i], low, rng, pos = decode_bin(buf, probs.reshape(-1), contexts[i], low, rng, pos)
+    return out, low, rng, pos
+
+
 # ---------------------------------------------------------------- engine properties
 
 
@@ -352,6 +369,24 @@ def test_engine_roundtrip_skewed(stream):
     assert np.array_equal(decoded, bins)
     assert coder[cabac.ERROR] == 0
     assert coder[cabac.POS] >= len(data)
+
+
+@given(skewed_streams())
+def test_local_state_decoder_matches_engine(stream):
+    bins, contexts, n_contexts = stream
+    data = engine_encode(bins, contexts, n_contexts)
+    buf = np.frombuffer(data, dtype=np.uint8).copy()
+    probs, shifts = cabac.new_contexts(n_contexts)
+    decoded, low, rng, pos = _decode_bins_in_locals(buf, probs, contexts)
+    engine_bins, coder = engine_decode(data, contexts, n_contexts)
+    # ESTIMATE adapts the models as the engine's decoder does on the same bins.
+    expected_probs, _ = cabac.new_contexts(n_contexts)
+    _code_bins(cabac.new_coder(cabac.ESTIMATE), np.zeros(1, dtype=np.uint8), expected_probs, shifts, bins, contexts)
+
+    assert np.array_equal(decoded, bins)
+    assert np.array_equal(decoded, engine_bins)
+    assert (low, rng, pos) == (coder[cabac.LOW], coder[cabac.RANGE], coder[cabac.POS])
+    assert np.array_equal(probs, expected_probs)
 
 
 @given(bin_streams())
@@ -504,6 +539,131 @@ def test_zero_rows_cost_little():
     padded_size = len(residual_coding.encode_levels(padded, 1))
 
     assert padded_size <= row_size + 8
+
+
+# ---------------------------------------------------------------- decode-only level decoder
+
+
+def decode_both(data, shape, block_size, block_coded, dependent):
+    """Decode a payload with code_levels in DECODE mode and with decode_levels_into.
+
+    Returns two (levels, coder state, context models) triples: generic, then decode-only.
+    """
+    results = []
+    for decode in ("generic", "decode-only"):
+        levels = np.zeros(shape, dtype=np.int64)
+        buf = np.frombuffer(data, dtype=np.uint8).copy()
+        coder = cabac.new_coder(cabac.DECODE)
+        cabac.start_decoder(coder, buf)
+        probs, shifts = cabac.new_contexts(residual_coding.N_CONTEXTS)
+        if decode == "generic":
+            residual_coding.code_levels(coder, buf, probs, shifts, levels, block_size, block_coded,
+                                        residual_coding._NO_TARGETS, 0.0, dependent)
+        else:
+            level_decoder.decode_levels_into(coder, buf, probs, levels, block_size, block_coded, dependent)
+        results.append((levels, coder, probs))
+    return results
+
+
+def assert_same_decoding(data, shape, block_size, block_coded, dependent):
+    (levels, coder, probs), (fast_levels, fast_coder, fast_probs) = decode_both(data, shape, block_size,
+                                                                                 block_coded, dependent)
+    assert np.array_equal(fast_levels, levels)
+    assert fast_coder.tolist() == coder.tolist()
+    assert np.array_equal(fast_probs, probs)
+
+
+@given(level_frames())
+@example((np.array([[MAX_LEVEL, -MAX_LEVEL, 0, 1, -1, 0]], dtype=np.int64), 1))
+@example((np.array([[0] * 40 + [5] + [0] * 30], dtype=np.int64), 1))
+def test_decode_only_matches_generic_on_valid_frames(frame):
+    levels, block_size = frame
+    data = residual_coding.encode_levels(levels, block_size)
+    all_blocks = np.ones((levels.shape[0], levels.shape[1] // block_size), dtype=np.uint8)
+
+    assert_same_decoding(data, levels.shape, block_size, all_blocks, False)
+
+
+def test_decode_only_matches_generic_on_real_weights():
+    for name, levels, block_size, qp in onet_frames():
+        data = residual_coding.encode_levels(levels, block_size)
+        all_blocks = np.ones((levels.shape[0], levels.shape[1] // block_size), dtype=np.uint8)
+        for dependent in (False, True):
+            assert_same_decoding(data, levels.shape, block_size, all_blocks, dependent)
+
+
+def test_decode_only_matches_generic_on_garbage():
+    # Random bytes reach every branch of the syntax, the failure paths included; skipped
+    # blocks and dependent quantization change which contexts and positions are read.
+    rng = np.random.default_rng(11)
+    for case in range(3000):
+        rows = int(rng.integers(1, 7))
+        block_size = int(rng.choice([1, 2, 3, 9]))
+        blocks = int(rng.integers(1, 12))
+        length = int(rng.integers(0, 160))
+        style = case % 3
+        if style == 0:
+            data = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
+        elif style == 1:  # mostly zero bytes: long zero runs
+            data = (rng.integers(0, 256, length) * (rng.random(length) < 0.1)).astype(np.uint8).tobytes()
+        else:  # mostly 0xFF bytes: large magnitudes, long escapes
+            data = (255 - rng.integers(0, 256, length) * (rng.random(length) < 0.2)).astype(np.uint8).tobytes()
+        block_coded = (rng.random((rows, blocks)) < 0.8).astype(np.uint8)
+        dependent = bool(case & 4)
+
+        assert_same_decoding(data, (rows, blocks * block_size), block_size, block_coded, dependent)
+
+
+def long_escape_payload(prefix_length, suffix_bit):
+    """Return a payload of a frame (1, 2) with K = 1 whose second level has a long escape.
+
+    The first level, 2**21 + 6, puts the second in class 15 (k = 11). The second level's
+    Exp-Golomb prefix has ``prefix_length`` 1 bins, its suffix ``prefix_length`` bypass
+    bins equal to ``suffix_bit``, and its low bits are all 1.
+    """
+    rc = residual_coding
+    bins_and_contexts = [(0, rc.CTX_RUN), (0, rc.CTX_RUN + 2), (0, rc.CTX_SIGN + 4)]
+    bins_and_contexts += [(1, rc.CTX_GT + t) for t in range(rc.N_GT)]
+    bins_and_contexts += [(1, rc.CTX_ESCAPE + i) for i in range(21)] + [(0, rc.CTX_ESCAPE + 21)]
+    bins_and_contexts += [(0, -1)] * 21
+    escape_base = rc.CTX_ESCAPE + 3 * rc.N_ESCAPE_PREFIX
+    bins_and_contexts += [(1, rc.CTX_SIG + 15), (0, rc.CTX_SIGN + 7)]
+    bins_and_contexts += [(1, rc.CTX_GT + 15 * rc.N_GT + t) for t in range(rc.N_GT)]
+    bins_and_contexts += [(1, escape_base + min(i, 23)) for i in range(prefix_length)]
+    bins_and_contexts += [(0, escape_base + min(prefix_length, 23))]
+    bins_and_contexts += [(suffix_bit, -1)] * prefix_length
+    bins_and_contexts += [(1, rc.CTX_LOW + 45), (1, rc.CTX_LOW + 47)] + [(1, -1)] * 9
+    bins = np.array([bit for bit, _ in bins_and_contexts], dtype=np.int64)
+    contexts = np.array([ctx for _, ctx in bins_and_contexts], dtype=np.int64)
+    return engine_encode(bins, contexts, rc.N_CONTEXTS)
+
+
+@pytest.mark.parametrize("prefix_length", [20, 51, 52, 53])
+@pytest.mark.parametrize("suffix_bit", [0, 1])
+def test_long_escapes_decode_alike(prefix_length, suffix_bit):
+    data = long_escape_payload(prefix_length, suffix_bit)
+    all_blocks = np.ones((1, 2), dtype=np.uint8)
+    assert_same_decoding(data, (1, 2), 1, all_blocks, False)
+
+    levels, coder = residual_coding.decode_levels(data, (1, 2), 1)
+    assert levels[0, 0] == 2**21 + 6
+    if prefix_length == 20:
+        assert coder[cabac.ERROR] == 0
+        assert levels[0, 1] == (((6 + 2**20 - 1 + suffix_bit * (2**20 - 1)) << 11) | 2047) + 1
+    else:
+        # A quotient of 2**51 or more shifted by 11 exceeds MAX_LEVEL, and with a prefix of
+        # 52 and a suffix of ones it would overflow int64 back to a small magnitude.
+        assert coder[cabac.ERROR] == 1
+
+
+@pytest.mark.parametrize("data", [b"\xff" * 4096, b"\xff\xff\xff\xff", b""])
+def test_decode_only_matches_generic_on_edge_payloads(data):
+    # Four 0xFF bytes start the decoder with code >= range, which the generic decoder
+    # flags at the first bin. With one row, that bin ends the row and the frame.
+    for rows in (1, 2):
+        for block_size in (1, 3):
+            all_blocks = np.ones((rows, 4), dtype=np.uint8)
+            assert_same_decoding(data, (rows, 4 * block_size), block_size, all_blocks, False)
 
 
 # ---------------------------------------------------------------- hostile payloads

@@ -216,6 +216,70 @@ def bypass_bits_t(st, mode, buf, value, n_bits):
     return result, st
 
 
+# Decode-only forms of the engine. The coder state is the caller's local variables (code
+# value, range, read position), which a decode loop keeps in registers, while the generic
+# ``*_t`` functions above carry the whole state tuple and a runtime mode through every
+# bin. The tests compare the two bin for bin. These forms leave out the ``code >= range``
+# check because a bin keeps code < range once it holds. Callers check it once, before
+# the first bin (see ``wcodec.codec.level_decoder``).
+#
+# ``models`` is ``probs.reshape(-1)``, adapted at DEFAULT_RATES, which the bitstream
+# fixes. Indexes are converted to unsigned integers, for which Numba leaves out the
+# handling of negative indexes.
+
+FAST_RATE, SLOW_RATE = DEFAULT_RATES
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _renormalize_decoder(buf, low, rng, pos):
+    while rng < _TOP:
+        rng <<= 8
+        byte = np.int64(buf[np.uint64(pos)]) if pos < buf.shape[0] else np.int64(0)
+        pos += 1
+        low = ((low << 8) | byte) & _MASK32
+    return low, rng, pos
+
+
+@njit(cache=True, nogil=True, inline="always")
+def decode_bin(buf, models, ctx, low, rng, pos):
+    """Decode one context-coded bin and adapt its context; return (bin, low, range, pos)."""
+    fast_index = np.uint64(2 * ctx)
+    slow_index = np.uint64(2 * ctx + 1)
+    fast = np.int64(models[fast_index])
+    slow = np.int64(models[slow_index])
+    split = (rng * (PROB_ONE - ((fast + slow) >> 1))) >> PROB_BITS
+    if low < split:
+        bit = np.int64(0)
+        rng = split
+        models[fast_index] = fast - (fast >> FAST_RATE)
+        models[slow_index] = slow - (slow >> SLOW_RATE)
+    else:
+        bit = np.int64(1)
+        low -= split
+        rng -= split
+        models[fast_index] = fast + ((PROB_ONE - fast) >> FAST_RATE)
+        models[slow_index] = slow + ((PROB_ONE - slow) >> SLOW_RATE)
+    low, rng, pos = _renormalize_decoder(buf, low, rng, pos)
+    return bit, low, rng, pos
+
+
+@njit(cache=True, nogil=True, inline="always")
+def decode_bypass_bits(buf, n_bits, low, rng, pos):
+    """Decode ``n_bits`` bypass bins, most significant first; return (bits, low, range, pos)."""
+    result = np.int64(0)
+    for _ in range(n_bits):
+        split = rng >> 1
+        if low < split:
+            result <<= 1
+            rng = split
+        else:
+            result = (result << 1) | 1
+            low -= split
+            rng -= split
+        low, rng, pos = _renormalize_decoder(buf, low, rng, pos)
+    return result, low, rng, pos
+
+
 @njit(cache=True, nogil=True)
 def start_decoder(coder, buf):
     """Load the first four bytes of ``buf`` into a DECODE coder."""

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from wcodec.codec import (block_syntax, cabac, prediction, quantization, residual_coding, transform,
-                          trellis)
+from wcodec.codec import (block_syntax, cabac, level_decoder, prediction, quantization,
+                          residual_coding, transform, trellis)
 from wcodec.codec.block_syntax import BLOCK_INTER, BLOCK_INTRA, BLOCK_SKIP
 
 LAMBDA_FACTOR = 2 * np.log(2) / 12
@@ -451,9 +451,8 @@ def decode_frame(payload, shape, step, frame_mode, refs, gain_num, quantizer=QUA
         _code_block_syntax(coder, buf, probs, shifts, frame_mode, syntax, refs)
         block_coded = (syntax.modes != BLOCK_SKIP).astype(np.uint8)
     if not coder[cabac.ERROR]:
-        residual_coding.code_levels(coder, buf, probs, shifts, level_frame, k, block_coded,
-                                    residual_coding._NO_TARGETS, 0.0,
-                                    quantizer == QUANTIZER_DEPENDENT)
+        level_decoder.decode_levels_into(coder, buf, probs, level_frame, k, block_coded,
+                                         quantizer == QUANTIZER_DEPENDENT)
     levels = level_frame.reshape(rows, cols, k)
     if frame_mode != block_syntax.FRAME_TRANSFORM:
         kernel_shape = None

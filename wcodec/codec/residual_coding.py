@@ -166,6 +166,9 @@ def _level_value_t(st, mode, buf, probs, shifts, levels, o, p, c, quantizer, lev
             low |= np.int64(second) << (k - 2)
             rest, st = bypass_bits_t(st, mode, buf, m, k - 2)
             low |= rest
+    # A damaged stream can decode a quotient whose shift overflows int64. Clamped, it
+    # still exceeds MAX_LEVEL below, and no valid quotient changes.
+    quotient = min(quotient, MAX_LEVEL >> k)
     magnitude = (quotient << k) + low + 1
     if magnitude > MAX_LEVEL:
         st = fail_t(st)
@@ -215,6 +218,17 @@ def _rdo_level(st, probs, shifts, levels, o, p, c, target, lam, allow_zero):
 
 
 @njit(cache=True, nogil=True)
+def coded_positions(block_coded, o, K, positions):
+    """Write the positions of row o that lie in coded blocks into ``positions``; return their count."""
+    n = 0
+    for p in range(positions.shape[0]):
+        if block_coded[o, p // K]:
+            positions[n] = p
+            n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
 def code_levels(coder, buf, probs, shifts, levels, K, block_coded, targets, rdo_lambda,
                 dependent):
     """Code a frame of levels (O, R) with blocks of K positions.
@@ -234,11 +248,7 @@ def code_levels(coder, buf, probs, shifts, levels, K, block_coded, targets, rdo_
     rdo = rdo_lambda > 0 and mode != DECODE
     positions = np.empty(R, dtype=np.int64)
     for o in range(O):
-        n = 0
-        for p in range(R):
-            if block_coded[o, p // K]:
-                positions[n] = p
-                n += 1
+        n = coded_positions(block_coded, o, K, positions)
         state = 0
         j = 0
         while j < n:
@@ -313,6 +323,9 @@ def decode_levels(data, shape, K, block_coded=None):
 
     The caller checks ``coder[ERROR]`` and the bytes consumed against ``len(data)``.
     """
+    # Imported here because level_decoder imports this module's constants.
+    from wcodec.codec.level_decoder import decode_levels_into
+
     levels = np.zeros(shape, dtype=np.int64)
     if block_coded is None:
         block_coded = _all_blocks(levels, K)
@@ -320,8 +333,8 @@ def decode_levels(data, shape, K, block_coded=None):
     buf = np.frombuffer(data, dtype=np.uint8).copy()
     coder = cabac.new_coder(cabac.DECODE)
     cabac.start_decoder(coder, buf)
-    probs, shifts = cabac.new_contexts(N_CONTEXTS)
-    code_levels(coder, buf, probs, shifts, levels, K, block_coded, _NO_TARGETS, 0.0, False)
+    probs, _ = cabac.new_contexts(N_CONTEXTS)
+    decode_levels_into(coder, buf, probs, levels, K, block_coded, False)
     return levels, coder
 
 
