@@ -169,3 +169,25 @@ def test_decoder_rejects_coefficient_beyond_range(tmp_path):
 
     with pytest.raises(WbsFormatError, match="DCT coefficient exceeds"):
         wcodec.load(path)
+
+
+@pytest.mark.parametrize("smooth, full_mode", [(True, TRANSFORM), (False, 0)])
+def test_sample_rows_pick_one_intra_mode(tmp_path, monkeypatch, smooth, full_mode):
+    # On a frame of 64 rows, intra and transform are compared on every 8th row, and only
+    # the smaller is coded in full.
+    rng = np.random.default_rng(5)
+    kernels = smooth_kernels(64, 8, 3) if smooth else torch.tensor(rng.laplace(size=(64, 8, 3, 3)) * 0.05,
+                                                                  dtype=torch.float32)
+    source = write_safetensors(tmp_path / "model.safetensors", {"conv.weight": kernels})
+    coded = []
+    original = frame_coder.encode_frame
+
+    def counting_encode_frame(values, step, frame_mode, *args, **kwargs):
+        coded.append((frame_mode, values.shape[0]))
+        return original(values, step, frame_mode, *args, **kwargs)
+
+    monkeypatch.setattr(frame_coder, "encode_frame", counting_encode_frame)
+    header = wcodec.encode_file(source, tmp_path / "model.wbs", mode="intra", jobs=1)
+
+    assert sorted(coded) == sorted([(0, 8), (TRANSFORM, 8), (full_mode, 64)])
+    assert header.tensors[0].frame_mode == full_mode

@@ -26,6 +26,11 @@ conventionally trained models these tests reject almost every inter mode, so aut
 little more than intra. The tests are deterministic, so the output does not depend on
 the number of jobs.
 
+"Intra" here means whichever of intra and transform (a DCT over each kernel,
+:mod:`wcodec.codec.transform`) codes the frame smaller: frames whose kernels the
+transform accepts choose between the two on the same kind of row sample (see
+:func:`_intra_modes`), unless ``transform`` is off.
+
 Tensors are read one at a time; the coded payloads and the reconstructions of the last
 few frames of each kernel shape stay in memory until the container is written.
 """
@@ -254,6 +259,24 @@ def _trial_modes(blocks, step, inter_modes, available, options, history):
     return [mode for mode in inter_modes if sizes[mode] < sizes[FRAME_INTRA]]
 
 
+def _intra_modes(blocks, step, kernel, options):
+    """Return the intra frame modes to code in full: intra, transform, or both.
+
+    In a frame of at least TRIAL_MIN_ROWS rows, a sample of every TRIAL_ROW_STRIDE-th row
+    is coded both ways and only the smaller mode is kept (a tie keeps intra), which costs
+    a quarter of a full encode instead of a whole one. Smaller frames keep both.
+    """
+    if blocks.shape[0] < TRIAL_MIN_ROWS:
+        return (FRAME_INTRA, FRAME_TRANSFORM)
+    sample = np.ascontiguousarray(blocks[::TRIAL_ROW_STRIDE])
+    quantizer = QUANTIZERS.index(options.quantizer)
+    sizes = [len(frame_coder.encode_frame(sample, step, frame_mode, [], options.max_candidates,
+                                          RDOQ_LAMBDA if options.rdoq else 0.0, quantizer,
+                                          kernel_shape=kernel).payload)
+             for frame_mode in (FRAME_INTRA, FRAME_TRANSFORM)]
+    return (FRAME_TRANSFORM,) if sizes[1] < sizes[0] else (FRAME_INTRA,)
+
+
 def _promising_modes(blocks, step, candidates, available, options, history):
     """Return the candidate frame modes worth coding in full: intra and promising inter modes.
 
@@ -295,7 +318,7 @@ def _encode_frame(info, values, qp, options, history, pool=None):
         candidates = _promising_modes(blocks, step, candidates, available, options, history)
     if FRAME_INTRA in candidates and options.transform and transform.is_eligible(kernel) \
             and frame_coder.transform_fits(blocks, step):
-        candidates = (FRAME_INTRA, FRAME_TRANSFORM) + tuple(candidates[1:])
+        candidates = _intra_modes(blocks, step, kernel, options) + tuple(candidates[1:])
     quantizer = QUANTIZERS.index(options.quantizer)
 
     def code(frame_mode):
