@@ -46,7 +46,9 @@ def measure(model, qp, mode, repeats, workdir):
         lambda: wcodec.encode_file(model, out, qp=qp, mode=mode, force=True), repeats)
     stats = collect_stats(out)
     payload_bits = stats["bits_texture"] + stats["bits_non_texture"]
-    inter = sum(1 for t in stats["tensors"] if t.get("frame_mode", "intra") != "intra")
+    # Transform frames are intra frames coded as DCT coefficients; they predict from nothing.
+    inter = sum(1 for t in stats["tensors"]
+                if t.get("frame_mode", "intra") not in ("intra", "transform"))
     frames = sum(1 for t in stats["tensors"] if "frame_mode" in t)
     side = stats["bits_non_texture"] / payload_bits if payload_bits else 0.0
     return stats["bits_per_weight"], side, inter, frames, encode_s
