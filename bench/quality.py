@@ -52,7 +52,7 @@ def main():
              f"warm-up. Command: `{command.strip()}`", "",
              "| model | qp | bits/weight | SQNR dB (ndim >= 2) | encode s | decode s |",
              "|---|---:|---:|---:|---:|---:|"]
-    print("\n".join(lines[:2]), flush=True)
+    print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory() as workdir:
         measure(models[0], args.qp[0], args.mode, 1, workdir)  # compile the kernels
         for model in models:

@@ -368,3 +368,32 @@ def test_force_never_replaces_special_files(tmp_path):
     assert result.exit_code == 1
     assert "not a regular file" in result.output
     assert fifo.is_fifo()
+
+
+@pytest.mark.parametrize("value, status", [("nan", 1), ("inf", 0)])
+def test_max_output_size_nan_and_inf(encoded, value, status):
+    result = run("decode", encoded, "-o", encoded.with_name(f"{value}.safetensors"),
+                 "--max-output-size", value)
+
+    if status:
+        assert_one_line_error(result, status, "--max-output-size")
+    else:
+        assert result.exit_code == 0, result.output
+
+
+def test_closed_stdout_still_succeeds(encoded, tmp_path):
+    # stdout is a pipe whose reader is already gone, so printing the summary fails.
+    output = tmp_path / "piped.safetensors"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        command = [str(Path(sys.executable).with_name("wcodec")), "decode", str(encoded), "-o",
+                   str(output)]
+        completed = subprocess.run(command, stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                   timeout=120)
+    finally:
+        os.close(write_end)
+
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stderr == ""
+    assert output.is_file()

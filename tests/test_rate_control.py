@@ -107,3 +107,42 @@ def test_cli_rejects_qp_with_target(tmp_path):
     assert "exclude each other" in both.output
     assert malformed.exit_code == 1
     assert "PATTERN=QP" in malformed.output
+
+
+def _nan_model(path):
+    from safetensors.torch import save_file
+    import torch
+
+    weight = torch.randn(16, 8, 3, 3)
+    weight[0, 0, 0, 0] = float("nan")
+    save_file({"w": weight, "b": torch.randn(16)}, str(path))
+    return path
+
+
+def test_sqnr_target_without_finite_frames_rejected(tmp_path):
+    source = _nan_model(tmp_path / "nan.safetensors")
+
+    with pytest.raises(InputError, match="only finite values"):
+        encode_to_target(source, tmp_path / "out.wbs", sqnr=30.0)
+    assert not (tmp_path / "out.wbs").exists()
+
+
+def test_rate_control_rejects_keep_of_every_frame(tmp_path):
+    with pytest.raises(InputError, match="no --keep pattern matches"):
+        encode_to_target(DATA / "facenet_pnet.safetensors", tmp_path / "out.wbs", sqnr=30.0,
+                         keep=("*",))
+
+
+def test_rate_control_warns_once(tmp_path, caplog):
+    from safetensors.torch import save_file
+    import torch
+
+    weight = torch.randn(16, 8, 3, 3)
+    weight[0, 0, 0, 0] = float("nan")
+    source = tmp_path / "nan.safetensors"
+    save_file({"nan.weight": weight, "finite.weight": torch.randn(64, 64, 3, 3)}, str(source))
+    result = encode_to_target(source, tmp_path / "out.wbs", bpw=8.0)
+
+    warnings = [r for r in caplog.records if "NaN or Inf" in r.getMessage()]
+    assert result.trials > 1
+    assert len(warnings) == 1

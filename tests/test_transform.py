@@ -191,3 +191,11 @@ def test_sample_rows_pick_one_intra_mode(tmp_path, monkeypatch, smooth, full_mod
 
     assert sorted(coded) == sorted([(0, 8), (TRANSFORM, 8), (full_mode, 64)])
     assert header.tensors[0].frame_mode == full_mode
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_eight_bit_floats_skip_the_transform(tmp_path, dtype):
+    tensors = {"conv.weight": smooth_kernels(16, 8, 3).to(dtype)}
+    result = assert_roundtrip(tmp_path, tensors, mode="intra")
+
+    assert result["header"].tensors[0].frame_mode == 0

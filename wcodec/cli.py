@@ -8,6 +8,7 @@ internal error.
 
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -38,6 +39,11 @@ def _run(action):
         _fail(str(error), EXIT_FORMAT)
     except WcodecError as error:
         _fail(str(error), EXIT_INPUT)
+    except BrokenPipeError:
+        # The reader of stdout closed it (as in `wcodec stats model.wbs | head`). Outputs are
+        # complete by the time anything is printed, so the command still succeeded.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except OSError as error:
         target = f"{error.filename}: " if error.filename else ""
         _fail(f"{target}{error.strerror or error}", EXIT_INPUT)
@@ -75,9 +81,14 @@ class _Progress:
 
 
 def _limits(max_output_gib):
-    """Return decoder limits with the given output size in GiB (None keeps the default)."""
+    """Return decoder limits with the given output size in GiB (None keeps the default, inf
+    lifts the limit)."""
     if max_output_gib is None:
         return container.DecodeLimits()
+    if math.isnan(max_output_gib):
+        raise InputError("--max-output-size must be a number of GiB, found nan")
+    if math.isinf(max_output_gib):
+        return container.DecodeLimits(max_output_bytes=1 << 62)
     return container.DecodeLimits(max_output_bytes=int(max_output_gib * (1 << 30)))
 
 
@@ -124,7 +135,8 @@ def cli(verbose):
                    "or more dimensions (within 0.2 dB) by searching qp per tensor.")
 @click.option("--qp-for", "qp_for", multiple=True, metavar="PATTERN=QP",
               help="Use QP for tensors whose name matches PATTERN (glob or regular expression, "
-                   "as --keep); the first match wins. Repeatable.")
+                   "as --keep); the first match wins. Repeatable. QP applies as given, also to "
+                   "tensors of fewer than two dimensions, which --qp codes 24 steps finer.")
 @click.option("--keep", multiple=True, metavar="PATTERN",
               help="Store tensors whose name matches PATTERN (a glob, or a regular expression "
                    "matching the whole name) bit-exact. Repeatable.")
@@ -147,9 +159,9 @@ def cli(verbose):
               help="Rate-distortion optimized uniform quantization: a level may move one step "
                    "towards zero where that saves enough bits (error up to 1.5 steps).")
 @click.option("--transform/--no-transform", default=True, show_default=True,
-              help="Let frames with small kernels (up to 8x8 taps) be coded as DCT "
-                   "coefficients of each kernel wherever intra coding is a candidate, when "
-                   "that is smaller. A weight's error is then up to sqrt(taps) times the "
+              help="Let frames of 16- to 64-bit floats with small kernels (up to 8x8 taps) be "
+                   "coded as DCT coefficients of each kernel wherever intra coding is a "
+                   "candidate, when that is smaller. A weight's error is then up to sqrt(taps) times the "
                    "quantizer's (1.5 steps for 3x3 kernels); --no-transform keeps every "
                    "weight within the quantizer's own bound.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,

@@ -84,8 +84,8 @@ class EncodeOptions:
     prediction mode (one of PREDICTION_MODES); ``order``: frame order (one of
     ``ordering.ORDER_METHODS``); ``max_candidates``: reference blocks examined per block
     and sign by the block matching of ``adjacent`` and ``full``; ``transform``: whether
-    frames whose kernels have 2 to 64 taps in at most two dimensions of up to 8 may also
-    be coded as transform frames (a DCT over each kernel, see
+    frames of 16- to 64-bit floats whose kernels have 2 to 64 taps in at most two
+    dimensions of up to 8 may also be coded as transform frames (a DCT over each kernel, see
     :mod:`wcodec.codec.transform`) wherever intra is a candidate; the smaller result wins.
     """
 
@@ -316,7 +316,10 @@ def _encode_frame(info, values, qp, options, history, pool=None):
     candidates = _FRAME_MODES[options.mode] if available else (FRAME_INTRA,)
     if len(candidates) > 1:
         candidates = _promising_modes(blocks, step, candidates, available, options, history)
+    # 8-bit floats are left out: rounding a transform frame's weights to their coarse grid
+    # would add up to a spacing to every weight and undo most of what the transform saves.
     if FRAME_INTRA in candidates and options.transform and transform.is_eligible(kernel) \
+            and dtypes.dtype_by_name(info.dtype).itemsize >= 2 \
             and frame_coder.transform_fits(blocks, step):
         candidates = _intra_modes(blocks, step, kernel, options) + tuple(candidates[1:])
     quantizer = QUANTIZERS.index(options.quantizer)

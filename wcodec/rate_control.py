@@ -27,7 +27,7 @@ import numpy as np
 
 from wcodec.codec import ordering, quantization
 from wcodec.decoder import load
-from wcodec.encoder import encode_file
+from wcodec.encoder import encode_file, matches_pattern
 from wcodec.errors import InputError
 from wcodec.formats import dtypes
 from wcodec.formats.atomic import atomic_output
@@ -64,7 +64,9 @@ class _Evaluator:
         with SafetensorsReader(src) as reader:
             self.infos = reader.tensors
             self.weights = sum(info.numel for info in self.infos)
-            self.frames = [info for info in self.infos if ordering.is_frame(info)]
+            keep = tuple(options.get("keep", ()))
+            self.frames = [info for info in self.infos if ordering.is_frame(info)
+                           and not any(matches_pattern(info.name, p) for p in keep)]
             self.originals = {}
             if need_sqnr:
                 for info in self.frames:
@@ -97,6 +99,21 @@ class _Evaluator:
         self.scratch.cleanup()
 
 
+class _FirstOccurrence(logging.Filter):
+    """Logging filter that passes each message once, so repeated trial encodes warn once."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record):
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
 def _uniform_map(frames, qp):
     return {info.name: qp for info in frames}
 
@@ -114,13 +131,19 @@ def encode_to_target(src, dst, *, bpw=None, sqnr=None, force=False, **options):
         raise InputError(f"bits per weight target must be positive, found {bpw}")
     if "qp" in options:
         raise InputError("a rate target replaces qp; do not pass both")
-    with atomic_output(dst, force=force, inputs=(src,)) as tmp_path:
-        evaluator = _Evaluator(src, options, need_sqnr=sqnr is not None)
-        try:
-            result = _search(evaluator, bpw, sqnr)
-            os.replace(result.pop("path"), tmp_path)
-        finally:
-            evaluator.close()
+    encoder_logger = logging.getLogger("wcodec.encoder")
+    once = _FirstOccurrence()
+    encoder_logger.addFilter(once)
+    try:
+        with atomic_output(dst, force=force, inputs=(src,)) as tmp_path:
+            evaluator = _Evaluator(src, options, need_sqnr=sqnr is not None)
+            try:
+                result = _search(evaluator, bpw, sqnr)
+                os.replace(result.pop("path"), tmp_path)
+            finally:
+                evaluator.close()
+    finally:
+        encoder_logger.removeFilter(once)
     return RateControlResult(result["header"], result["bpw"], result["sqnr"],
                              result["qp_map"], evaluator.trials)
 
@@ -142,7 +165,11 @@ def _search(evaluator, bpw_target, sqnr_target):
     frames = evaluator.frames
     if not frames:
         raise InputError("rate control needs at least one floating tensor with two or more "
-                         "dimensions to adjust")
+                         "dimensions that no --keep pattern matches")
+    if sqnr_target is not None and not evaluator.originals:
+        raise InputError("SQNR rate control needs at least one floating tensor with two or "
+                         "more dimensions and only finite values; every candidate holds NaN "
+                         "or Inf and is stored bit-exact")
     target = bpw_target if bpw_target is not None else sqnr_target
     cache = {}
 
