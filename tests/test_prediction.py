@@ -10,6 +10,7 @@ import wcodec
 from common import assert_roundtrip, write_safetensors
 from wcodec.codec import block_syntax, frame_coder
 from wcodec.codec.block_syntax import BLOCK_INTER, BLOCK_INTRA, BLOCK_SKIP
+from wcodec import decoder
 from wcodec.decoder import open_wbs
 from wcodec.errors import WbsFormatError
 from wcodec.formats import container
@@ -253,3 +254,21 @@ def test_jobs_do_not_change_output(tmp_path, options):
         assert list(other) == list(decoded[0])
         for name in decoded[0]:
             assert torch.equal(other[name], decoded[0][name]), name
+
+
+@pytest.mark.parametrize("lookahead_values", [1, 2000, 1 << 22])
+def test_decode_lookahead_budget_keeps_output(tmp_path, monkeypatch, lookahead_values):
+    # With a budget of one value, threads still decode `jobs` records ahead.
+    monkeypatch.setattr(decoder, "LOOKAHEAD_VALUES", lookahead_values)
+    rng = np.random.default_rng(13)
+    tensors = {f"l.{n}.weight": torch.tensor(frame, dtype=torch.float32)
+               for n, frame in enumerate(_chain(rng, [(16, 8, 3, 3)] * 6))}
+    source = write_safetensors(tmp_path / "m.safetensors", tensors)
+    wcodec.encode_file(source, tmp_path / "m.wbs", mode="collocated", jobs=1)
+    single = wcodec.load(tmp_path / "m.wbs", jobs=1)
+
+    for jobs in (2, 3):
+        parallel = wcodec.load(tmp_path / "m.wbs", jobs=jobs)
+        assert list(parallel) == list(single)
+        for name in single:
+            assert torch.equal(parallel[name], single[name]), name

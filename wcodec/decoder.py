@@ -165,9 +165,12 @@ class WbsFile:
     def iter_tensors(self, jobs=1):
         """Yield ``(index, tensor)`` in coding order.
 
-        With ``jobs`` > 1, worker threads decode up to ``2 * jobs`` records ahead of the
-        one yielded, each once the records it depends on are decoded; the results are the
-        same as with one job. Only results that later records still need are kept.
+        With ``jobs`` > 1, worker threads decode records ahead of the one yielded, each
+        once the records it depends on are decoded; the results are the same as with one
+        job. The look-ahead always reaches ``jobs`` records, and up to
+        ``LOOKAHEAD_RECORDS_PER_JOB * jobs`` while the records ahead hold at most
+        LOOKAHEAD_VALUES values, which bounds the memory of decoded tensors waiting to be
+        yielded. Only results that later records still need are kept.
         """
         order = self.header.coding_order()
         last_use = {}
@@ -193,13 +196,28 @@ class WbsFile:
             deps = {d: futures[d].result() for d in self._dependencies(index)}
             return self.decode_record(index, deps)
 
+        sizes = [self.header.tensors[index].num_elements for index in order]
+
+        def may_submit(position, submitted, values_ahead):
+            if submitted >= len(order):
+                return False
+            if submitted <= position + jobs:
+                return True
+            return (submitted <= position + LOOKAHEAD_RECORDS_PER_JOB * jobs
+                    and values_ahead + sizes[submitted] <= LOOKAHEAD_VALUES)
+
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             submitted = 0
+            values_ahead = 0  # of the records submitted after the one being yielded
             try:
                 for position, index in enumerate(order):
-                    while submitted < len(order) and submitted <= position + 2 * jobs:
+                    if submitted > position:
+                        values_ahead -= sizes[position]
+                    while may_submit(position, submitted, values_ahead):
                         ahead = order[submitted]
                         futures[ahead] = pool.submit(decode_after_dependencies, ahead)
+                        if submitted > position:
+                            values_ahead += sizes[submitted]
                         submitted += 1
                     tensor = futures[index].result()[0]
                     if index not in last_use:
@@ -211,6 +229,10 @@ class WbsFile:
             finally:
                 for future in futures.values():
                     future.cancel()
+
+
+LOOKAHEAD_RECORDS_PER_JOB = 16
+LOOKAHEAD_VALUES = 1 << 22  # 32 MiB of float64 reconstructions
 
 
 def load(path, jobs=None, limits=None):
