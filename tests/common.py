@@ -11,8 +11,8 @@ against an independent rendering of the format.
 
 from __future__ import annotations
 
-import math
 import fnmatch
+import math
 import os
 import re
 import struct
@@ -294,6 +294,21 @@ def assert_roundtrip(tmp_path, tensors: dict[str, torch.Tensor], metadata: dict[
             f"{bound[worst]:.3g} at qp {coded.qp}")
 
     return {"header": header, "wbs": wbs, "restored": loaded}
+
+
+def record_frame_encodes(monkeypatch) -> list[tuple[int, int]]:
+    """Return a list that gets (frame_mode, rows) of every later frame_coder.encode_frame call."""
+    from wcodec.codec import frame_coder
+
+    calls = []
+    original = frame_coder.encode_frame
+
+    def recording_encode_frame(values, step, frame_mode, *args, **kwargs):
+        calls.append((frame_mode, values.shape[0]))
+        return original(values, step, frame_mode, *args, **kwargs)
+
+    monkeypatch.setattr(frame_coder, "encode_frame", recording_encode_frame)
+    return calls
 
 
 # ---------------------------------------------------------------- .wbs builder

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import wcodec
-from common import write_safetensors
+from common import record_frame_encodes, write_safetensors
 from wcodec import encoder
 from wcodec.codec import frame_coder, mode_estimate, prediction, quantization
 from wcodec.codec.block_syntax import (FRAME_ADJACENT, FRAME_COLLOCATED, FRAME_FULL,
@@ -215,14 +215,7 @@ def test_auto_picks_search_on_permuted_rows(tmp_path):
 def test_auto_codes_independent_frames_intra_only(tmp_path, monkeypatch):
     rng = np.random.default_rng(11)
     source = _write_model(tmp_path, [rng.laplace(size=(64, 32, 3, 3)) * 0.05 for _ in range(4)])
-    coded = []
-    original = frame_coder.encode_frame
-
-    def counting_encode_frame(values, step, frame_mode, *args, **kwargs):
-        coded.append((frame_mode, values.shape[0]))
-        return original(values, step, frame_mode, *args, **kwargs)
-
-    monkeypatch.setattr(frame_coder, "encode_frame", counting_encode_frame)
+    coded = record_frame_encodes(monkeypatch)
     wcodec.encode_file(source, tmp_path / "auto.wbs", qp=QP, mode="auto", jobs=1)
     wcodec.encode_file(source, tmp_path / "intra.wbs", qp=QP, mode="intra", jobs=1)
     intra_modes = (FRAME_INTRA, FRAME_TRANSFORM)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import wcodec
-from common import MODE_QUANTIZED, assert_roundtrip, build_wbs, write_safetensors
+from common import MODE_QUANTIZED, assert_roundtrip, build_wbs, record_frame_encodes, write_safetensors
 from wcodec.codec import block_syntax, frame_coder, transform
 from wcodec.decoder import open_wbs
 from wcodec.errors import WbsFormatError
@@ -179,14 +179,7 @@ def test_sample_rows_pick_one_intra_mode(tmp_path, monkeypatch, smooth, full_mod
     kernels = smooth_kernels(64, 8, 3) if smooth else torch.tensor(rng.laplace(size=(64, 8, 3, 3)) * 0.05,
                                                                   dtype=torch.float32)
     source = write_safetensors(tmp_path / "model.safetensors", {"conv.weight": kernels})
-    coded = []
-    original = frame_coder.encode_frame
-
-    def counting_encode_frame(values, step, frame_mode, *args, **kwargs):
-        coded.append((frame_mode, values.shape[0]))
-        return original(values, step, frame_mode, *args, **kwargs)
-
-    monkeypatch.setattr(frame_coder, "encode_frame", counting_encode_frame)
+    coded = record_frame_encodes(monkeypatch)
     header = wcodec.encode_file(source, tmp_path / "model.wbs", mode="intra", jobs=1)
 
     assert sorted(coded) == sorted([(0, 8), (TRANSFORM, 8), (full_mode, 64)])

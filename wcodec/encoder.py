@@ -239,60 +239,76 @@ def _estimated_modes(blocks, step, inter_modes, available, options, history):
     return [mode for mode in inter_modes if gains[mode] > MIN_ESTIMATED_GAIN * intra_bits]
 
 
-def _trial_modes(blocks, step, inter_modes, available, options, history):
-    """Return the inter modes that code every TRIAL_ROW_STRIDE-th row smaller than intra does.
+class _RowSample:
+    """Every TRIAL_ROW_STRIDE-th row of a frame, each frame mode coded on it at most once.
 
     Collocated prediction takes the same rows of its reference, so that a sampled
     block keeps its collocated block; adjacent and full search whole references.
     """
-    sample = np.ascontiguousarray(blocks[::TRIAL_ROW_STRIDE])
-    quantizer = QUANTIZERS.index(options.quantizer)
-    sizes = {}
-    for frame_mode in (FRAME_INTRA, *inter_modes):
-        refs = [recon for _, recon in _mode_refs(frame_mode, available)]
-        if frame_mode == FRAME_COLLOCATED:
-            refs = [refs[0][::TRIAL_ROW_STRIDE]]
-        result = frame_coder.encode_frame(sample, step, frame_mode, refs, options.max_candidates,
-                                          RDOQ_LAMBDA if options.rdoq else 0.0, quantizer,
-                                          search=_search_index(frame_mode, available, history))
-        sizes[frame_mode] = len(result.payload)
-    return [mode for mode in inter_modes if sizes[mode] < sizes[FRAME_INTRA]]
+
+    def __init__(self, blocks, step, kernel, available, options, history):
+        self.blocks = np.ascontiguousarray(blocks[::TRIAL_ROW_STRIDE])
+        self.step = step
+        self.kernel = kernel
+        self.available = available
+        self.options = options
+        self.history = history
+        self.sizes = {}
+
+    def size(self, frame_mode):
+        """Return the payload bytes of the sampled rows coded in ``frame_mode``."""
+        if frame_mode not in self.sizes:
+            refs = [recon for _, recon in _mode_refs(frame_mode, self.available)]
+            if frame_mode == FRAME_COLLOCATED:
+                refs = [refs[0][::TRIAL_ROW_STRIDE]]
+            options = self.options
+            result = frame_coder.encode_frame(
+                self.blocks, self.step, frame_mode, refs, options.max_candidates,
+                RDOQ_LAMBDA if options.rdoq else 0.0, QUANTIZERS.index(options.quantizer),
+                kernel_shape=self.kernel,
+                search=_search_index(frame_mode, self.available, self.history))
+            self.sizes[frame_mode] = len(result.payload)
+        return self.sizes[frame_mode]
 
 
-def _intra_modes(blocks, step, kernel, options):
+def _trial_modes(sample, inter_modes):
+    """Return the inter modes that code the sampled rows smaller than intra does."""
+    return [mode for mode in inter_modes if sample.size(mode) < sample.size(FRAME_INTRA)]
+
+
+def _intra_modes(blocks, sample):
     """Return the intra frame modes to code in full: intra, transform, or both.
 
-    In a frame of at least TRIAL_MIN_ROWS rows, a sample of every TRIAL_ROW_STRIDE-th row
-    is coded both ways and only the smaller mode is kept (a tie keeps intra), which costs
-    a quarter of a full encode instead of a whole one. Smaller frames keep both.
+    In a frame of at least TRIAL_MIN_ROWS rows, both are coded on the sampled rows and
+    only the smaller is kept, with a tie keeping intra. That costs about a quarter of a
+    full encode. Smaller frames keep both.
     """
     if blocks.shape[0] < TRIAL_MIN_ROWS:
         return (FRAME_INTRA, FRAME_TRANSFORM)
-    sample = np.ascontiguousarray(blocks[::TRIAL_ROW_STRIDE])
-    quantizer = QUANTIZERS.index(options.quantizer)
-    sizes = [len(frame_coder.encode_frame(sample, step, frame_mode, [], options.max_candidates,
-                                          RDOQ_LAMBDA if options.rdoq else 0.0, quantizer,
-                                          kernel_shape=kernel).payload)
-             for frame_mode in (FRAME_INTRA, FRAME_TRANSFORM)]
-    return (FRAME_TRANSFORM,) if sizes[1] < sizes[0] else (FRAME_INTRA,)
+    if sample.size(FRAME_TRANSFORM) < sample.size(FRAME_INTRA):
+        return (FRAME_TRANSFORM,)
+    return (FRAME_INTRA,)
 
 
-def _promising_modes(blocks, step, candidates, available, options, history):
+def _promising_modes(blocks, step, candidates, available, options, history, sample=None):
     """Return the candidate frame modes worth coding in full: intra and promising inter modes.
 
     An inter mode is promising when :func:`mode_estimate.estimate_gains` expects it to
-    save more than MIN_ESTIMATED_GAIN of the intra bits and, in a frame of at least
-    TRIAL_MIN_ROWS rows, when it also codes a sample of the rows smaller than intra
-    (:func:`_trial_modes`). Where collocated is promising, adjacent and full are too.
+    save more than MIN_ESTIMATED_GAIN of the intra bits. In a frame of at least
+    TRIAL_MIN_ROWS rows, it must also code a sample of the rows smaller than intra
+    (:func:`_trial_modes`). ``sample`` is that :class:`_RowSample`, which a caller may
+    share to reuse its coded sizes. Where collocated is promising, adjacent and full are too.
     The estimate costs a few passes over the frame and the trial about
     1 / TRIAL_ROW_STRIDE of coding the frame in full.
     """
+    if sample is None:
+        sample = _RowSample(blocks, step, None, available, options, history)
     inter_modes = [mode for mode in candidates if mode != FRAME_INTRA]
     promising = []
     if inter_modes:
         promising = _estimated_modes(blocks, step, inter_modes, available, options, history)
     if promising and blocks.shape[0] >= TRIAL_MIN_ROWS:
-        promising = _trial_modes(blocks, step, promising, available, options, history)
+        promising = _trial_modes(sample, promising)
     if FRAME_COLLOCATED in promising:
         # The predicted reference of adjacent and full frames starts at the collocated
         # block and follows the row, so where collocated prediction pays they may pay a
@@ -314,14 +330,16 @@ def _encode_frame(info, values, qp, options, history, pool=None):
     kernel = ordering.kernel_shape(shape)
     available = history.references(kernel)
     candidates = _FRAME_MODES[options.mode] if available else (FRAME_INTRA,)
+    sample = _RowSample(blocks, step, kernel, available, options, history)
     if len(candidates) > 1:
-        candidates = _promising_modes(blocks, step, candidates, available, options, history)
+        candidates = _promising_modes(blocks, step, candidates, available, options, history,
+                                      sample)
     # 8-bit floats are left out: rounding a transform frame's weights to their coarse grid
     # would add up to a spacing to every weight and undo most of what the transform saves.
     if FRAME_INTRA in candidates and options.transform and transform.is_eligible(kernel) \
             and dtypes.dtype_by_name(info.dtype).itemsize >= 2 \
             and frame_coder.transform_fits(blocks, step):
-        candidates = _intra_modes(blocks, step, kernel, options) + tuple(candidates[1:])
+        candidates = _intra_modes(blocks, sample) + tuple(candidates[1:])
     quantizer = QUANTIZERS.index(options.quantizer)
 
     def code(frame_mode):

@@ -161,6 +161,17 @@ def _value(measured, bpw_target):
     return bpw if bpw_target is not None else sqnr
 
 
+def _boundary(low, high, is_above):
+    """Return adjacent (low, high) by bisection, given is_above(low) true, is_above(high) false."""
+    while high - low > 1:
+        middle = (low + high) // 2
+        if is_above(middle):
+            low = middle
+        else:
+            high = middle
+    return low, high
+
+
 def _search(evaluator, bpw_target, sqnr_target):
     frames = evaluator.frames
     if not frames:
@@ -190,13 +201,8 @@ def _search(evaluator, bpw_target, sqnr_target):
     if above(at(high)):
         raise InputError(f"{_describe(target, bpw_target)} is below what qp {high} reaches "
                          f"({_describe(_value(at(high), bpw_target), bpw_target)})")
-    while high - low > 1:
-        middle = (low + high) // 2
-        if above(at(middle)):
-            low = middle
-        else:
-            high = middle
-    fine, coarse = low, high  # fine gives a value above the target, coarse one at or below
+    # fine gives a value above the target, coarse one at or below it.
+    fine, coarse = _boundary(low, high, lambda qp: above(at(qp)))
 
     # Mix the two qps: move the largest frames first, so that few moves span the gap,
     # and bisect on how many move.
@@ -217,13 +223,7 @@ def _search(evaluator, bpw_target, sqnr_target):
 
     # mixed_at(count) falls as count grows, because more frames sit at the coarse qp.
     # Find the boundary between counts above the target and counts at or below it.
-    over, under = 0, len(by_size)
-    while under - over > 1:
-        middle = (over + under) // 2
-        if above(mixed_at(middle)):
-            over = middle
-        else:
-            under = middle
+    over, under = _boundary(0, len(by_size), lambda count: above(mixed_at(count)))
     # Keep whichever of the two neighbours lies closer to the target.
     best = min((over, under),
                key=lambda c: abs(_value(mixed_at(c), bpw_target) - target) / abs(target))
@@ -274,15 +274,9 @@ def _refine(evaluator, base_qp, frames, qp_map, measured, bpw_target, sqnr_targe
     def crossed(count):
         return (_value(at(count), bpw_target) > target) != too_high
 
-    low, high = 0, len(by_size)
-    if not crossed(high):
-        return moved(high), at(high)
-    while high - low > 1:
-        middle = (low + high) // 2
-        if crossed(middle):
-            high = middle
-        else:
-            low = middle
+    if not crossed(len(by_size)):
+        return moved(len(by_size)), at(len(by_size))
+    low, high = _boundary(0, len(by_size), lambda count: not crossed(count))
     best = min((low, high), key=lambda c: abs(_value(at(c), bpw_target) - target))
     return moved(best), at(best)
 

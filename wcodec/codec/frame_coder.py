@@ -454,11 +454,13 @@ def decode_frame(payload, shape, step, frame_mode, refs, gain_num, quantizer=QUA
         level_decoder.decode_levels_into(coder, buf, probs, level_frame, k, block_coded,
                                          quantizer == QUANTIZER_DEPENDENT)
     levels = level_frame.reshape(rows, cols, k)
-    if frame_mode != block_syntax.FRAME_TRANSFORM:
-        kernel_shape = None
-    elif np.abs(step_values(levels, syntax, quantizer)).max(initial=0) > transform.MAX_VALUE:
-        return None, levels, syntax, coder
-    recon = reconstruct(levels, step, syntax, refs, gain_num, quantizer, kernel_shape)
+    if frame_mode == block_syntax.FRAME_TRANSFORM:
+        values = step_values(levels, syntax, quantizer)
+        if np.abs(values).max(initial=0) > transform.MAX_VALUE:
+            return None, levels, syntax, coder
+        recon = transform.inverse(values.transpose(0, 2, 1), step, kernel_shape)
+        return recon, levels, syntax, coder
+    recon = reconstruct(levels, step, syntax, refs, gain_num, quantizer)
     return recon, levels, syntax, coder
 
 

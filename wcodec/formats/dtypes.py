@@ -80,7 +80,7 @@ _INT64_MAX = 2**63 - 1
 _NUMPY_FLOATS = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
 
 # The largest finite value of each float dtype.
-_LARGEST_FINITE = {dtype.name: float(torch.finfo(dtype.torch_dtype).max)
+_MAX_FINITE = {dtype.name: float(torch.finfo(dtype.torch_dtype).max)
                    for dtype in DTYPES if dtype.kind == "float"}
 
 
@@ -237,9 +237,10 @@ def reconstruction_to_tensor(array: np.ndarray, dtype_name: str, shape: tuple[in
     65520 at a step of 40), and rounding would then give infinity; saturating keeps the
     decoded weights finite. Encoder and decoder both call this, so their frames agree.
     """
-    largest = _LARGEST_FINITE[dtype_by_name(dtype_name).name]
+    max_finite = _MAX_FINITE[dtype_by_name(dtype_name).name]
     # np.clip takes several microseconds more on the small tensors of a model.
-    return float64_to_tensor(np.minimum(np.maximum(array, -largest), largest), dtype_name, shape)
+    saturated = np.minimum(np.maximum(array, -max_finite), max_finite)
+    return float64_to_tensor(saturated, dtype_name, shape)
 
 
 def tensor_to_int64(tensor: torch.Tensor) -> np.ndarray | None:
